@@ -1,0 +1,336 @@
+//! A simulated home call device that behaves as DESIGN §2's device contract asks: a fixed
+//! client id equal to its device id, `clean_session = false`, a last will on `status`, every
+//! press kept until a feedback with its id arrives and retransmitted with the same id (every
+//! 5 s, jittered, and after every reconnect), jittered exponential reconnect backoff.
+
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use yijian_wire::{topic, Feedback, FeedbackState, Gesture};
+
+/// How a device connects.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Device id (also client id and username).
+    pub device_id: String,
+    /// The secret `devices add` printed.
+    pub secret: String,
+    /// The broker.
+    pub broker: SocketAddr,
+    /// Base retransmit interval (jittered ±20%).
+    pub retransmit: Duration,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+}
+
+impl DeviceConfig {
+    /// Defaults of the device contract: retransmit every 5 s, keep-alive 60 s.
+    pub fn new(device_id: impl Into<String>, secret: impl Into<String>, broker: SocketAddr) -> Self {
+        DeviceConfig {
+            device_id: device_id.into(),
+            secret: secret.into(),
+            broker,
+            retransmit: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One feedback message as the device heard it.
+#[derive(Debug, Clone)]
+pub struct Heard {
+    /// The message.
+    pub feedback: Feedback,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// A press the device still owes a feedback for.
+struct Unanswered {
+    payload: Vec<u8>,
+    next_send: Instant,
+}
+
+/// Counters a device keeps about itself.
+#[derive(Debug, Default, Clone)]
+pub struct DeviceStats {
+    /// CONNACKs seen.
+    pub connects: u64,
+    /// Connection errors seen.
+    pub disconnects: u64,
+    /// Presses published more than once.
+    pub retransmits: u64,
+}
+
+struct Shared {
+    unanswered: Mutex<HashMap<String, Unanswered>>,
+    stats: Mutex<DeviceStats>,
+    /// Set after the first successful CONNACK; cleared by connection errors.
+    connected: Mutex<bool>,
+}
+
+/// A running simulated device.
+pub struct SimDevice {
+    /// Its id.
+    pub id: String,
+    client: AsyncClient,
+    heard: mpsc::UnboundedReceiver<Heard>,
+    shared: Arc<Shared>,
+    retransmit: Duration,
+    counter: u64,
+    boot: String,
+    stop: CancellationToken,
+}
+
+/// Why a device could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The broker refused or closed the connection before CONNACK.
+    #[error("connection refused or closed: {0}")]
+    Connect(String),
+    /// Nothing arrived in time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    /// The MQTT client's queue is closed.
+    #[error("client stopped")]
+    Stopped,
+}
+
+fn epoch_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn jittered(base: Duration) -> Duration {
+    let f = rand::thread_rng().gen_range(0.8..1.2);
+    base.mul_f64(f)
+}
+
+impl SimDevice {
+    /// Connect and wait for the broker's CONNACK (an authentication failure is an error here).
+    /// The device then keeps its own connection alive in the background.
+    pub async fn connect(cfg: DeviceConfig) -> Result<SimDevice, DeviceError> {
+        let mut opts = MqttOptions::new(&cfg.device_id, cfg.broker.ip().to_string(), cfg.broker.port());
+        opts.set_credentials(&cfg.device_id, &cfg.secret);
+        opts.set_clean_session(false);
+        opts.set_keep_alive(cfg.keep_alive);
+        opts.set_last_will(LastWill::new(
+            topic::topic(&cfg.device_id, topic::Kind::Status),
+            r#"{"online":false}"#,
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut events) = AsyncClient::new(opts, 256);
+        // First connection: report failure directly instead of retrying forever.
+        let ack = loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => break ack,
+                Ok(_) => {}
+                Err(e) => return Err(DeviceError::Connect(e.to_string())),
+            }
+        };
+        let feedback_topic = topic::topic(&cfg.device_id, topic::Kind::Feedback);
+        let status_topic = topic::topic(&cfg.device_id, topic::Kind::Status);
+        if !ack.session_present {
+            client.subscribe(&feedback_topic, QoS::AtLeastOnce).await.map_err(|_| DeviceError::Stopped)?;
+        }
+        let online = serde_json::json!({"online": true, "battery": 90, "at": epoch_ms()}).to_string();
+        client.publish(&status_topic, QoS::AtLeastOnce, true, online).await.map_err(|_| DeviceError::Stopped)?;
+
+        let shared = Arc::new(Shared {
+            unanswered: Mutex::new(HashMap::new()),
+            stats: Mutex::new(DeviceStats { connects: 1, ..Default::default() }),
+            connected: Mutex::new(true),
+        });
+        let (tx, heard) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(event_loop(events, client.clone(), shared.clone(), tx, feedback_topic, stop.clone()));
+        tokio::spawn(retransmitter(client.clone(), shared.clone(), cfg.device_id.clone(), cfg.retransmit, stop.clone()));
+        let boot = format!("{:08x}", rand::thread_rng().gen::<u32>());
+        Ok(SimDevice { id: cfg.device_id, client, heard, shared, retransmit: cfg.retransmit, counter: 0, boot, stop })
+    }
+
+    /// Press a button. Returns the press id; the press is retransmitted until answered.
+    pub async fn press(&mut self, button: &str, gesture: Gesture) -> Result<String, DeviceError> {
+        self.counter += 1;
+        let id = format!("{}-{}-{}", self.id.chars().take(40).collect::<String>(), self.boot, self.counter);
+        let payload = serde_json::json!({"id": id, "button": button, "gesture": gesture, "at": epoch_ms(), "battery": 87});
+        self.press_payload(&id, serde_json::to_vec(&payload).expect("json serializes")).await?;
+        Ok(id)
+    }
+
+    /// Publish an arbitrary press payload under `id` and keep retransmitting it until a
+    /// feedback names `id`.
+    pub async fn press_payload(&mut self, id: &str, payload: Vec<u8>) -> Result<(), DeviceError> {
+        self.shared.unanswered.lock().expect("lock").insert(
+            id.to_owned(),
+            Unanswered { payload: payload.clone(), next_send: Instant::now() + jittered(self.retransmit) },
+        );
+        let t = topic::topic(&self.id, topic::Kind::Press);
+        self.client.publish(t, QoS::AtLeastOnce, false, payload).await.map_err(|_| DeviceError::Stopped)
+    }
+
+    /// Publish raw bytes on one of this device's topics, without retransmission.
+    pub async fn publish_raw(&self, kind: topic::Kind, payload: Vec<u8>) -> Result<(), DeviceError> {
+        let t = topic::topic(&self.id, kind);
+        self.client.publish(t, QoS::AtLeastOnce, false, payload).await.map_err(|_| DeviceError::Stopped)
+    }
+
+    /// Publish raw bytes on any topic (the ACL will close the connection for foreign ones).
+    pub async fn publish_to(&self, topic: &str, payload: Vec<u8>) -> Result<(), DeviceError> {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|_| DeviceError::Stopped)
+    }
+
+    /// Subscribe to any filter (the ACL will close the connection for foreign ones).
+    pub async fn subscribe_to(&self, filter: &str) -> Result<(), DeviceError> {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await.map_err(|_| DeviceError::Stopped)
+    }
+
+    /// The next feedback, whatever it answers.
+    pub async fn next_feedback(&mut self, timeout: Duration) -> Result<Heard, DeviceError> {
+        match tokio::time::timeout(timeout, self.heard.recv()).await {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Err(DeviceError::Stopped),
+            Err(_) => Err(DeviceError::Timeout(timeout, "feedback".into())),
+        }
+    }
+
+    /// Wait for a feedback about press `press_id` in state `state`; returns every feedback for
+    /// that press heard on the way (in order, ending with the one asked for). Feedback for other
+    /// presses is discarded.
+    pub async fn wait_for(&mut self, press_id: &str, state: FeedbackState, timeout: Duration) -> Result<Vec<Heard>, DeviceError> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let h = match tokio::time::timeout(left, self.heard.recv()).await {
+                Ok(Some(h)) => h,
+                Ok(None) => return Err(DeviceError::Stopped),
+                Err(_) => {
+                    let states: Vec<_> = seen.iter().map(|h: &Heard| h.feedback.state.as_str()).collect();
+                    return Err(DeviceError::Timeout(timeout, format!("{state} for press {press_id} (heard {states:?})")));
+                }
+            };
+            if h.feedback.press.as_deref() == Some(press_id) {
+                let done = h.feedback.state == state;
+                seen.push(h);
+                if done {
+                    return Ok(seen);
+                }
+            }
+        }
+    }
+
+    /// Presses not yet answered by any feedback.
+    pub fn unanswered(&self) -> usize {
+        self.shared.unanswered.lock().expect("lock").len()
+    }
+
+    /// The device's own counters.
+    pub fn stats(&self) -> DeviceStats {
+        self.shared.stats.lock().expect("lock").clone()
+    }
+
+    /// Whether the last connection attempt succeeded and has not failed since.
+    pub fn is_connected(&self) -> bool {
+        *self.shared.connected.lock().expect("lock")
+    }
+
+    /// Disconnect cleanly and stop the background tasks.
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        self.stop.cancel();
+    }
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn event_loop(
+    mut events: rumqttc::EventLoop,
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Heard>,
+    feedback_topic: String,
+    stop: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = events.poll() => ev,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Ok(f) = serde_json::from_slice::<Feedback>(&p.payload) {
+                    if let Some(id) = &f.press {
+                        shared.unanswered.lock().expect("lock").remove(id);
+                    }
+                    let _ = tx.send(Heard { feedback: f, at: Instant::now() });
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                *shared.connected.lock().expect("lock") = true;
+                shared.stats.lock().expect("lock").connects += 1;
+                if !ack.session_present {
+                    let _ = client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
+                }
+                // After every reconnect, resend what is still unanswered.
+                let resend: Vec<Vec<u8>> = shared.unanswered.lock().expect("lock").values().map(|u| u.payload.clone()).collect();
+                let press_topic = feedback_topic.trim_end_matches("feedback").to_owned() + "press";
+                for payload in resend {
+                    shared.stats.lock().expect("lock").retransmits += 1;
+                    let _ = client.try_publish(&press_topic, QoS::AtLeastOnce, false, payload);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                *shared.connected.lock().expect("lock") = false;
+                shared.stats.lock().expect("lock").disconnects += 1;
+                failures = failures.saturating_add(1);
+                // Jittered exponential reconnect backoff: 0.25 s doubling to 30 s.
+                let base = Duration::from_millis(250).saturating_mul(1 << failures.min(7)).min(Duration::from_secs(30));
+                let wait = base / 2 + base.mul_f64(rand::thread_rng().gen_range(0.0..0.5));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn retransmitter(client: AsyncClient, shared: Arc<Shared>, device_id: String, every: Duration, stop: CancellationToken) {
+    let press_topic = topic::topic(&device_id, topic::Kind::Press);
+    let tick = (every / 5).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let now = Instant::now();
+        let due: Vec<Vec<u8>> = {
+            let mut u = shared.unanswered.lock().expect("lock");
+            u.values_mut()
+                .filter(|x| x.next_send <= now)
+                .map(|x| {
+                    x.next_send = now + jittered(every);
+                    x.payload.clone()
+                })
+                .collect()
+        };
+        for payload in due {
+            shared.stats.lock().expect("lock").retransmits += 1;
+            let _ = client.publish(&press_topic, QoS::AtLeastOnce, false, payload).await;
+        }
+    }
+}

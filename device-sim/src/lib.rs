@@ -1,0 +1,8 @@
+//! Yijian's device simulator: simulated home call devices ([`device`]) and mock dispatch
+//! backends ([`backends`]). The `yijian-sim` binary and the end-to-end tests both use them.
+
+pub mod backends;
+pub mod device;
+
+pub use backends::{Behaviour, MockBackends, MockOptions, Received};
+pub use device::{DeviceConfig, DeviceError, Heard, SimDevice};

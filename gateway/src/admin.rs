@@ -1,0 +1,140 @@
+//! The CLI's subcommands other than `serve`: device registration, rule checks, configuration.
+//! They work on the same data directory as a running gateway (SQLite WAL allows it).
+
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::config::Config;
+use crate::devices::{self, DEFAULT_PROFILE};
+use crate::rules::RuleSet;
+use crate::store::{self, StoreError};
+use std::io::Write;
+use std::path::Path;
+use yijian_wire::topic;
+
+/// A CLI failure: the message is printed as is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AdminError(pub String);
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        AdminError(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for AdminError {
+    fn from(e: std::io::Error) -> Self {
+        AdminError(format!("cannot write output: {e}"))
+    }
+}
+
+fn profile_problem(p: &str) -> Option<&'static str> {
+    let ok = !p.is_empty()
+        && p.len() <= 32
+        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    (!ok).then_some("profile must be 1-32 characters of a-z, 0-9, '-' and '_'")
+}
+
+/// `devices add ID [--profile P] [--resident R] [--json]`: register a device and print its new
+/// secret once.
+pub fn devices_add(
+    cfg: &Config,
+    device_id: &str,
+    profile: Option<&str>,
+    resident: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    if let Some(p) = topic::device_id_problem(device_id) {
+        return Err(AdminError(p));
+    }
+    let profile = profile.unwrap_or(DEFAULT_PROFILE);
+    if let Some(p) = profile_problem(profile) {
+        return Err(AdminError(p.into()));
+    }
+    if let Some(r) = resident {
+        if r.is_empty() || r.len() > 64 || r.chars().any(char::is_control) {
+            return Err(AdminError("resident id must be 1-64 printable characters".into()));
+        }
+    }
+    let conn = store::open_rw(&cfg.db_path())?;
+    let secret = devices::new_secret();
+    store::read::add_device(&conn, device_id, &devices::digest(&secret), profile, resident, now_ms())?;
+    if json {
+        writeln!(out, "{}", serde_json::json!({"device_id": device_id, "secret": secret, "profile": profile, "resident_id": resident}))?;
+    } else {
+        writeln!(out, "registered device {device_id} (profile {profile}{})", resident.map(|r| format!(", resident {r}")).unwrap_or_default())?;
+        writeln!(out, "secret: {secret}")?;
+        writeln!(out, "The secret is shown only this once; it is stored as a SHA-256 digest.")?;
+        writeln!(out, "The device connects with client id and username {device_id} and this secret as password.")?;
+    }
+    Ok(())
+}
+
+/// `devices list [--json]`.
+pub fn devices_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
+    let conn = store::open_rw(&cfg.db_path())?;
+    let list = store::read::devices(&conn)?;
+    if json {
+        writeln!(out, "{}", serde_json::json!({"devices": list}))?;
+        return Ok(());
+    }
+    if list.is_empty() {
+        writeln!(out, "no devices registered in {} (add one with `yijian-gateway devices add ID`)", cfg.db_path().display())?;
+        return Ok(());
+    }
+    writeln!(out, "{:<24} {:<14} {:<12} {:<8} {:<24} {}", "DEVICE", "PROFILE", "RESIDENT", "ONLINE", "LAST SEEN", "REGISTERED")?;
+    for d in list {
+        let online = match (d.revoked_at, d.online) {
+            (Some(_), _) => "revoked",
+            (None, Some(true)) => "yes",
+            (None, Some(false)) => "no",
+            (None, None) => "never",
+        };
+        writeln!(
+            out,
+            "{:<24} {:<14} {:<12} {:<8} {:<24} {}",
+            d.device_id,
+            d.profile,
+            d.resident_id.as_deref().unwrap_or("-"),
+            online,
+            d.last_seen_at.map(rfc3339_ms).unwrap_or_else(|| "-".into()),
+            rfc3339_ms(d.created_at)
+        )?;
+    }
+    Ok(())
+}
+
+/// `rules check DIR`: every error with file:line:column; non-zero exit (Err) on any error.
+pub fn rules_check(dir: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
+    match RuleSet::load_dir(dir) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                writeln!(out, "{w}")?;
+            }
+            writeln!(
+                out,
+                "{}: {} rules in {} file(s), fallback present{}",
+                dir.display(),
+                loaded.set.len(),
+                loaded.set.files().len(),
+                if loaded.warnings.is_empty() { String::new() } else { format!(", {} warning(s)", loaded.warnings.len()) }
+            )?;
+            Ok(())
+        }
+        Err(e) => {
+            writeln!(out, "{e}")?;
+            Err(AdminError(format!("{}: {} error(s)", dir.display(), e.errors.len())))
+        }
+    }
+}
+
+/// `config check FILE`.
+pub fn config_check(path: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
+    let cfg = Config::load(path).map_err(|e| AdminError(e.to_string()))?;
+    writeln!(out, "{}: valid", path.display())?;
+    for s in yijian_wire::Service::ALL {
+        let r = cfg.route(*s);
+        writeln!(out, "  {s}: {} (attempt timeout {} ms, deadline {} s)", r.backends.join(" → "), r.attempt_timeout.as_millis(), r.deadline.as_secs())?;
+    }
+    Ok(())
+}

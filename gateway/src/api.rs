@@ -1,0 +1,258 @@
+//! The HTTP API (axum): health, readiness, metrics, the requests API for operators, and status
+//! callbacks from backends. Every error is JSON `{"error": "..."}` with a 4xx status; a bad
+//! request never produces a 500.
+
+use crate::clock::now_ms;
+use crate::feedback::FeedbackSender;
+use crate::store::{self, ListFilter, OperatorAction, RequestState, Store, StoreError, Transition};
+use crate::telemetry;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use yijian_wire::Service;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// The broker's listener is up.
+    pub broker: AtomicBool,
+    /// Intake's subscriptions exist.
+    pub intake: AtomicBool,
+}
+
+/// Shared by all handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The journal.
+    pub store: Store,
+    /// To relay callbacks and operator actions to devices.
+    pub feedback: FeedbackSender,
+    /// Component readiness.
+    pub ready: Arc<Readiness>,
+    /// Prometheus rendering.
+    pub metrics: PrometheusHandle,
+}
+
+/// The router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/requests", get(list))
+        .route("/api/v1/requests/:id", get(detail))
+        .route("/api/v1/requests/:id/ack", post(ack))
+        .route("/api/v1/requests/:id/close", post(close))
+        .route("/api/v1/requests/:id/events", post(events))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// A JSON error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        // The journal being unavailable is the server's problem, said plainly.
+        tracing::error!(error = %e, "API request failed in the journal");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("journal unavailable: {e}"))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = match r {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ref other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, r.body_text())
+    }
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let broker = s.ready.broker.load(Ordering::Acquire);
+    let intake = s.ready.intake.load(Ordering::Acquire);
+    let store = s.store.healthy();
+    let body = Json(json!({"ready": broker && intake && store, "broker": broker, "intake": intake, "store": store}));
+    if broker && intake && store {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+fn parse_filter(q: &HashMap<String, String>) -> Result<ListFilter, ApiError> {
+    let mut f = ListFilter { limit: 50, ..Default::default() };
+    for (k, v) in q {
+        match k.as_str() {
+            "state" => f.state = Some(v.parse::<RequestState>().map_err(ApiError::bad)?),
+            "service" => f.service = Some(v.parse::<Service>().map_err(ApiError::bad)?),
+            "device" => f.device_id = Some(v.clone()),
+            "limit" => {
+                f.limit = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ApiError::bad("limit must be an integer from 1 to 1000"))?
+            }
+            other => {
+                return Err(ApiError::bad(format!(
+                    "unknown query parameter {other:?} (expected state, service, device, limit)"
+                )))
+            }
+        }
+    }
+    Ok(f)
+}
+
+async fn list(
+    State(s): State<ApiState>,
+    q: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+    let filter = parse_filter(&q)?;
+    let requests = s.store.read(move |c| store::read::list_requests(c, &filter)).await?;
+    Ok(Json(json!({"requests": requests})))
+}
+
+async fn view(s: &ApiState, id: String) -> Result<Json<serde_json::Value>, ApiError> {
+    let shown = id.clone();
+    match s.store.read(move |c| store::read::get_request(c, &id)).await? {
+        Some(v) => Ok(Json(serde_json::to_value(v).expect("views serialize"))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no request {shown}"))),
+    }
+}
+
+async fn detail(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    view(&s, id).await
+}
+
+async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = match action {
+        OperatorAction::Ack => "ack",
+        OperatorAction::Close => "close",
+    };
+    let at = now_ms();
+    match s.store.operator(&id, action, at).await {
+        Ok(Transition::Applied { notice, created_at, .. }) => {
+            telemetry::operator_action(name, "ok");
+            match action {
+                OperatorAction::Ack => telemetry::operator_answer((at - created_at).max(0) as f64 / 1000.0),
+                OperatorAction::Close => s.feedback.notify(&notice).await,
+            }
+            tracing::info!(request_id = %id, action = name, "operator action");
+            view(&s, id).await
+        }
+        Ok(Transition::NotFound) => {
+            telemetry::operator_action(name, "not_found");
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no request {id}")))
+        }
+        Ok(Transition::Conflict(state)) => {
+            telemetry::operator_action(name, "conflict");
+            let why = match action {
+                OperatorAction::Ack => format!("only an escalated request can be acknowledged; this one is {state}"),
+                OperatorAction::Close => format!("request is already {state}"),
+            };
+            Err(ApiError::new(StatusCode::CONFLICT, why))
+        }
+        Err(e) => {
+            telemetry::operator_action(name, "error");
+            Err(e.into())
+        }
+    }
+}
+
+async fn ack(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    operator(s, id, OperatorAction::Ack).await
+}
+
+async fn close(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    operator(s, id, OperatorAction::Close).await
+}
+
+/// Body of `POST /api/v1/requests/{id}/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    state: String,
+    #[serde(default)]
+    eta_s: Option<u32>,
+    #[serde(default, rename = "ref")]
+    reference: Option<String>,
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<EventBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.inspect_err(|_| telemetry::callback("bad_request"))?;
+    let state: RequestState = body.state.parse().map_err(|_| {
+        telemetry::callback("bad_request");
+        ApiError::bad("state must be one of en_route|arrived|closed|cancelled")
+    })?;
+    if !matches!(state, RequestState::EnRoute | RequestState::Arrived | RequestState::Closed | RequestState::Cancelled) {
+        telemetry::callback("bad_request");
+        return Err(ApiError::bad("state must be one of en_route|arrived|closed|cancelled"));
+    }
+    if body.reference.as_ref().is_some_and(|r| r.len() > 128) {
+        telemetry::callback("bad_request");
+        return Err(ApiError::bad("ref must be at most 128 characters"));
+    }
+    match s.store.callback(&id, state, body.eta_s, body.reference, now_ms()).await? {
+        Transition::Applied { notice, .. } => {
+            telemetry::callback("ok");
+            s.feedback.notify(&notice).await;
+            view(&s, id).await
+        }
+        Transition::NotFound => {
+            telemetry::callback("not_found");
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no request {id}")))
+        }
+        Transition::Conflict(cur) => {
+            telemetry::callback("conflict");
+            Err(ApiError::new(StatusCode::CONFLICT, format!("request is {cur}; it cannot become {state}")))
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Stage 1 of the path — the embedded MQTT broker (rumqttd 0.20) on the gateway's own runtime,
+//! with authentication against the device registry and a per-device topic ACL.
+//!
+//! NOTE (DESIGN §6): rumqttd keeps everything in memory and PUBACKs a device's message before
+//! the gateway has it, so the broker is not the durable layer; the journal and the device's
+//! retransmission are. rumqttd has no ACLs: [`Acl`] wraps its v4 protocol to close any
+//! connection that publishes or subscribes outside its own `yijian/v1/devices/{client_id}/`.
+
+use crate::config::MqttConfig;
+use crate::devices::{self, Directory};
+use crate::telemetry;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{Error as ProtocolError, Packet, Protocol};
+use rumqttd::{ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tokio::task::JoinHandle;
+use yijian_wire::topic;
+
+/// Client ids of the gateway's own MQTT connections. The '.' cannot occur in a device id, so no
+/// device can ever be registered under one of these names.
+pub const GATEWAY_PRESS_CLIENT: &str = "yijian.gateway.press";
+/// See [`GATEWAY_PRESS_CLIENT`].
+pub const GATEWAY_STATUS_CLIENT: &str = "yijian.gateway.status";
+/// See [`GATEWAY_PRESS_CLIENT`].
+pub const GATEWAY_FEEDBACK_CLIENT: &str = "yijian.gateway.feedback";
+
+fn is_gateway_client(id: &str) -> bool {
+    id.starts_with("yijian.gateway.")
+}
+
+/// Who may connect.
+#[derive(Clone)]
+pub struct Accounts {
+    /// Registered devices.
+    directory: Directory,
+    /// The gateway's own secret, made at start and never written anywhere.
+    gateway_secret: Arc<str>,
+    /// Devices are admitted only once intake's subscriptions exist: rumqttd drops messages on
+    /// topics nobody subscribes to.
+    admitting: Arc<AtomicBool>,
+}
+
+impl Accounts {
+    /// Accounts over `directory`, with a fresh random gateway secret.
+    pub fn new(directory: Directory) -> Self {
+        Accounts {
+            directory,
+            gateway_secret: devices::new_secret().into(),
+            admitting: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The gateway's own password, for its MQTT clients.
+    pub fn gateway_secret(&self) -> &str {
+        &self.gateway_secret
+    }
+
+    /// Start (or stop) admitting devices.
+    pub fn admit_devices(&self, on: bool) {
+        self.admitting.store(on, Ordering::Release);
+    }
+
+    /// Decide one CONNECT. Returns the result label counted in `yijian_mqtt_auth_total`.
+    pub fn check(&self, client_id: &str, username: &str, password: &str) -> &'static str {
+        if client_id != username {
+            return "client_id_mismatch";
+        }
+        if is_gateway_client(client_id) {
+            let ok: bool = password.as_bytes().ct_eq(self.gateway_secret.as_bytes()).into();
+            return if ok { "accepted" } else { "bad_credentials" };
+        }
+        if !topic::is_valid_device_id(client_id) {
+            return "invalid_client_id";
+        }
+        if !self.admitting.load(Ordering::Acquire) {
+            return "not_ready";
+        }
+        match self.directory.load(client_id) {
+            Ok(Some(rec)) if devices::verify(password, &rec.secret_sha256) => "accepted",
+            Ok(Some(_)) => "bad_credentials",
+            Ok(None) => "unknown_device",
+            Err(e) => {
+                tracing::error!(error = %e, "device lookup failed during MQTT authentication");
+                "store_error"
+            }
+        }
+    }
+}
+
+/// rumqttd's v4 protocol with a per-device topic ACL.
+#[derive(Clone)]
+pub struct Acl {
+    inner: V4,
+    /// The CONNECT's client id, once seen.
+    client_id: Option<String>,
+    /// The gateway's own connections may use any topic.
+    exempt: bool,
+}
+
+impl Acl {
+    fn new() -> Self {
+        Acl { inner: V4, client_id: None, exempt: false }
+    }
+
+    fn refuse(&self, reason: &'static str, topic: &str) -> ProtocolError {
+        telemetry::mqtt_refused(reason, self.client_id.as_deref().unwrap_or(""), topic);
+        // Any error from read_mut closes the connection.
+        ProtocolError::InvalidProtocol
+    }
+
+    fn own(&self, kind: topic::Kind) -> Option<String> {
+        self.client_id.as_deref().map(|id| topic::topic(id, kind))
+    }
+}
+
+impl Protocol for Acl {
+    fn read_mut(&mut self, stream: &mut bytes::BytesMut, max_size: usize) -> Result<Packet, ProtocolError> {
+        let packet = self.inner.read_mut(stream, max_size)?;
+        match &packet {
+            Packet::Connect(connect, _, will, _, _) => {
+                self.client_id = Some(connect.client_id.clone());
+                self.exempt = is_gateway_client(&connect.client_id);
+                if let (false, Some(will)) = (self.exempt, will) {
+                    let t = String::from_utf8_lossy(&will.topic);
+                    if Some(t.as_ref()) != self.own(topic::Kind::Status).as_deref() {
+                        return Err(self.refuse("will_topic", &t));
+                    }
+                }
+            }
+            Packet::Publish(p, _) if !self.exempt => {
+                let t = String::from_utf8_lossy(&p.topic);
+                let allowed = self.own(topic::Kind::Press).as_deref() == Some(t.as_ref())
+                    || self.own(topic::Kind::Status).as_deref() == Some(t.as_ref());
+                if !allowed {
+                    return Err(self.refuse("publish_topic", &t));
+                }
+            }
+            Packet::Subscribe(s, _) if !self.exempt => {
+                let own = self.own(topic::Kind::Feedback);
+                if let Some(f) = s.filters.iter().find(|f| Some(f.path.as_str()) != own.as_deref()) {
+                    return Err(self.refuse("subscribe_topic", &f.path));
+                }
+            }
+            _ => {}
+        }
+        Ok(packet)
+    }
+
+    fn write(&self, packet: Packet, write: &mut bytes::BytesMut) -> Result<usize, ProtocolError> {
+        self.inner.write(packet, write)
+    }
+}
+
+fn segment(size: usize, count: usize) -> SegmentConfig {
+    SegmentConfig { max_segment_size: size, max_segment_count: count }
+}
+
+/// Start the broker's router thread and listener task. The listener binds `cfg.listen` itself.
+pub fn start(cfg: &MqttConfig, accounts: Accounts) -> JoinHandle<()> {
+    // Commit-log limits per filter (rumqttd keeps them in memory). Intake's two filters get room
+    // for a long gateway stall; each device's feedback topic keeps only a few KB, so memory does
+    // not grow with history (an evicted feedback is re-sent when the device retransmits).
+    let mut custom = HashMap::new();
+    custom.insert(topic::PRESS_FILTER.to_owned(), segment(8 << 20, 4));
+    custom.insert(topic::STATUS_FILTER.to_owned(), segment(4 << 20, 2));
+    custom.insert("yijian/v1/devices/+/feedback".to_owned(), segment(4096, 2));
+    let router_config = RouterConfig {
+        max_connections: cfg.max_connections,
+        max_outgoing_packet_count: 200,
+        max_segment_size: 1 << 20,
+        max_segment_count: 2,
+        custom_segment: Some(custom),
+        initialized_filters: None,
+        ..Default::default()
+    };
+    let router = rumqttd::Router::new(0, router_config);
+    let router_tx = router.spawn();
+
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: cfg.connect_timeout_ms,
+        max_payload_size: cfg.max_payload_size,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        // Feedback may be published before a device has subscribed; without dynamic filters
+        // rumqttd would disconnect the gateway's publisher for that.
+        dynamic_filters: true,
+    };
+    connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
+        let result = accounts.check(&client_id, &user, &pass);
+        telemetry::mqtt_auth(result);
+        if result != "accepted" {
+            tracing::debug!(client_id, result, "MQTT connection refused");
+        }
+        std::future::ready(result == "accepted")
+    });
+    let settings = ServerSettings {
+        name: "yijian-v4".into(),
+        listen: cfg.listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let mut server = rumqttd::Server::new(settings, router_tx, Acl::new());
+    tokio::spawn(async move {
+        if let Err(e) = server.start(rumqttd::LinkType::Remote).await {
+            tracing::error!(error = %e, "MQTT listener stopped");
+        }
+    })
+}
+
+/// MQTT options for one of the gateway's own connections to the embedded broker: persistent
+/// session, manual acks, and room for the largest packet the broker lets a device send (a
+/// smaller limit would make rumqttc drop the connection on one oversized press, forever).
+pub fn gateway_client_options(
+    cfg: &MqttConfig,
+    client_id: &str,
+    secret: &str,
+) -> rumqttc::MqttOptions {
+    let host = if cfg.listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { cfg.listen.ip().to_string() };
+    let mut o = rumqttc::MqttOptions::new(client_id, host, cfg.listen.port());
+    o.set_credentials(client_id, secret);
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    o.set_keep_alive(std::time::Duration::from_secs(30));
+    o.set_max_packet_size(cfg.max_payload_size + 1024, cfg.max_payload_size + 1024);
+    o.set_inflight(500);
+    o
+}

@@ -1,0 +1,331 @@
+//! Stage 5 of the path — dispatch: each journaled [`Request`] goes to its service's backends in
+//! order (DESIGN §4): per-attempt timeout, exponential backoff with jitter, failover, a circuit
+//! breaker per backend, and escalation to `desk` — the built-in operator queue — when the
+//! service deadline passes, every backend refuses, or `desk` is next in line.
+//!
+//! Nothing is dropped: until a request is dispatched or escalated its outbox row stays in the
+//! journal and is replayed at the next start; the Idempotency-Key makes a replay harmless.
+
+pub mod backoff;
+pub mod breaker;
+pub mod http;
+
+use crate::clock::now_ms;
+use crate::config::{Config, ConfigError, DESK};
+use crate::feedback::FeedbackSender;
+use crate::store::{AttemptRecord, Notice, Request, Store, StoreError};
+use crate::telemetry;
+use breaker::Breaker;
+use http::{AttemptResult, HttpBackend};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Where intake (and the outbox replay) hand requests over; cheap to clone.
+#[derive(Clone)]
+pub struct DispatchHandle {
+    tx: mpsc::Sender<Request>,
+    /// Cancellation tokens of requests being dispatched, by request id.
+    active: Arc<Mutex<HashMap<String, CancellationToken>>>,
+}
+
+impl DispatchHandle {
+    /// Queue a journaled request for dispatch.
+    pub async fn submit(&self, req: Request) {
+        if self.tx.send(req).await.is_err() {
+            // Shutting down: the outbox row stays and the next start replays it.
+            tracing::debug!("dispatcher stopped; request stays in the outbox");
+        }
+    }
+
+    /// Stop dispatching a request the resident cancelled.
+    pub fn cancel(&self, request_id: &str, _accepted_by: Option<String>) {
+        if let Some(t) = self.active.lock().expect("dispatch lock is never poisoned").get(request_id) {
+            t.cancel();
+        }
+    }
+}
+
+/// One configured backend and its breaker.
+struct Backend {
+    http: HttpBackend,
+    breaker: Breaker,
+}
+
+struct Dispatcher {
+    store: Store,
+    feedback: FeedbackSender,
+    client: reqwest::Client,
+    config: Arc<Config>,
+    backends: HashMap<String, Backend>,
+    active: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    shutdown: CancellationToken,
+}
+
+/// Why a request went to the desk (the `reason` label of `yijian_escalations_total`).
+mod reason {
+    /// `desk` is the service's first backend.
+    pub const ROUTED: &str = "routed";
+    /// Every earlier backend failed and `desk` is next in the list.
+    pub const FAILOVER: &str = "failover";
+    /// Every backend refused the request (4xx).
+    pub const REFUSED: &str = "refused";
+    /// The service deadline passed.
+    pub const DEADLINE: &str = "deadline";
+}
+
+enum Ending {
+    Dispatched { backend: String, reference: Option<String>, eta_s: Option<u32> },
+    Escalated(&'static str),
+    /// Cancelled by the resident, or the gateway is stopping (the outbox keeps it).
+    Abandoned,
+}
+
+/// Build the dispatcher and start its loop. Fails when a backend's token variable is missing.
+pub fn start(
+    config: Arc<Config>,
+    store: Store,
+    feedback: FeedbackSender,
+    shutdown: CancellationToken,
+) -> Result<(DispatchHandle, tokio::task::JoinHandle<()>), ConfigError> {
+    let mut problems = Vec::new();
+    let mut backends = HashMap::new();
+    for (name, b) in &config.backends {
+        let token = match &b.token_env {
+            Some(var) => match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Some(t),
+                _ => {
+                    problems.push(format!("[backends.{name}]: environment variable {var} (token_env) is not set"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let url = match reqwest::Url::parse(&b.url) {
+            Ok(u) => u,
+            Err(e) => {
+                problems.push(format!("[backends.{name}]: url: {e}"));
+                continue;
+            }
+        };
+        let breaker = Breaker::new(
+            name,
+            config.dispatch.breaker_failures,
+            Duration::from_millis(config.dispatch.breaker_cooldown_ms),
+        );
+        backends.insert(name.clone(), Backend { http: HttpBackend { name: name.clone(), url, token }, breaker });
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError { source_name: None, problems });
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .user_agent(concat!("yijian-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConfigError { source_name: None, problems: vec![format!("HTTP client: {e}")] })?;
+    let (tx, mut rx) = mpsc::channel::<Request>(4096);
+    let active = Arc::new(Mutex::new(HashMap::new()));
+    let permits = Arc::new(Semaphore::new(config.dispatch.max_in_flight));
+    let d = Arc::new(Dispatcher { store, feedback, client, config, backends, active: active.clone(), shutdown: shutdown.clone() });
+    let task = tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let req = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = rx.recv() => match r { Some(r) => r, None => break },
+            };
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let d = d.clone();
+            tasks.spawn(async move {
+                d.run(req).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        // In-flight attempts see the same shutdown token and stop; their outbox rows remain.
+        while tasks.join_next().await.is_some() {}
+    });
+    Ok((DispatchHandle { tx, active }, task))
+}
+
+impl Dispatcher {
+    async fn run(&self, req: Request) {
+        let token = self.shutdown.child_token();
+        self.active.lock().expect("dispatch lock is never poisoned").insert(req.id.clone(), token.clone());
+        let ending = self.route(&req, &token).await;
+        self.active.lock().expect("dispatch lock is never poisoned").remove(&req.id);
+        match ending {
+            Ending::Dispatched { backend, reference, eta_s } => {
+                let at = now_ms();
+                let notice = self.journal(|| self.store.dispatched(&req.id, &backend, reference.clone(), eta_s, at)).await;
+                if let Some(notice) = notice {
+                    if (at - req.press.at).abs() <= 24 * 3600 * 1000 {
+                        telemetry::press_to_dispatched(req.service, (at - req.press.at).max(0) as f64 / 1000.0);
+                    }
+                    tracing::info!(request_id = %req.id, backend = %backend, "request dispatched");
+                    self.feedback.notify(&notice).await;
+                }
+            }
+            Ending::Escalated(why) => {
+                let notice = self.journal(|| self.store.escalated(&req.id, why, now_ms())).await;
+                if let Some(notice) = notice {
+                    telemetry::escalation(req.service, why);
+                    tracing::warn!(request_id = %req.id, service = %req.service, reason = why, "request escalated to the desk");
+                    self.feedback.notify(&notice).await;
+                }
+            }
+            Ending::Abandoned => {}
+        }
+    }
+
+    /// Write an outcome, retrying while the journal is down: the backend already has the
+    /// request, so giving up here would leave it owned by nobody in the journal's eyes.
+    async fn journal<F, Fut>(&self, mut write: F) -> Option<Notice>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Notice>, StoreError>>,
+    {
+        loop {
+            match write().await {
+                Ok(n) => return n,
+                Err(StoreError::Closed) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatch outcome not journaled yet; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn resident_block(&self, req: &Request) -> serde_json::Value {
+        match &req.resident_id {
+            Some(id) => serde_json::json!({"id": id}),
+            None => serde_json::Value::Null,
+        }
+    }
+
+    async fn route(&self, req: &Request, token: &CancellationToken) -> Ending {
+        let route = self.config.route(req.service);
+        let remaining_ms = (req.created_at + route.deadline.as_millis() as i64 - now_ms()).max(0) as u64;
+        let deadline = Instant::now() + Duration::from_millis(remaining_ms);
+        let callback = format!("{}/api/v1/requests/{}/events", self.config.public_url(), req.id);
+        let body = http::body(req, self.resident_block(req), &callback);
+        let dcfg = &self.config.dispatch;
+        let (initial, max) = (Duration::from_millis(dcfg.backoff_initial_ms), Duration::from_millis(dcfg.backoff_max_ms));
+        let mut attempt_no = req.attempts;
+        let mut refused: HashSet<&str> = HashSet::new();
+        let http_backends: Vec<&str> = route.backends.iter().map(String::as_str).filter(|b| *b != DESK).collect();
+        let mut round = 0u32;
+        loop {
+            let mut failed_any = false;
+            for (pos, name) in route.backends.iter().enumerate() {
+                if name == DESK {
+                    return Ending::Escalated(if pos == 0 { reason::ROUTED } else { reason::FAILOVER });
+                }
+                if refused.contains(name.as_str()) {
+                    continue;
+                }
+                let Some(backend) = self.backends.get(name) else { continue };
+                for i in 0..dcfg.attempts_per_backend {
+                    if !backend.breaker.allow() {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ending::Escalated(reason::DEADLINE);
+                    }
+                    attempt_no += 1;
+                    let timeout = route.attempt_timeout.min(deadline - now);
+                    let started_ms = now_ms();
+                    let result = tokio::select! {
+                        r = http::attempt(&self.client, &backend.http, &req.id, attempt_no, body.clone(), timeout) => r,
+                        _ = token.cancelled() => return Ending::Abandoned,
+                    };
+                    let elapsed = now.elapsed();
+                    telemetry::dispatch_attempt(name, result.label(), elapsed);
+                    self.store
+                        .attempt(AttemptRecord {
+                            request_id: req.id.clone(),
+                            backend: name.clone(),
+                            attempt: attempt_no,
+                            result: result.label(),
+                            started_at: started_ms,
+                            elapsed_ms: elapsed.as_millis() as u64,
+                        })
+                        .await;
+                    match result {
+                        AttemptResult::Accepted { reference, eta_s } => {
+                            backend.breaker.success();
+                            return Ending::Dispatched { backend: name.clone(), reference, eta_s };
+                        }
+                        AttemptResult::Conflict => {
+                            backend.breaker.success();
+                            return Ending::Dispatched { backend: name.clone(), reference: None, eta_s: None };
+                        }
+                        AttemptResult::Refused(status) => {
+                            backend.breaker.success();
+                            tracing::warn!(request_id = %req.id, backend = %name, status, "backend refused the request");
+                            refused.insert(name.as_str());
+                            break;
+                        }
+                        AttemptResult::Failed { label, retry_after } => {
+                            backend.breaker.failure();
+                            failed_any = true;
+                            tracing::debug!(request_id = %req.id, backend = %name, result = label, "attempt failed");
+                            if i + 1 < dcfg.attempts_per_backend {
+                                let wait = retry_after.unwrap_or_else(|| {
+                                    backoff::delay(round * dcfg.attempts_per_backend + i, initial, max, &mut rand::thread_rng())
+                                });
+                                if let Some(e) = self.pause(wait, deadline, token).await {
+                                    return e;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if !http_backends.is_empty() && http_backends.iter().all(|b| refused.contains(b)) {
+                return Ending::Escalated(reason::REFUSED);
+            }
+            // Another round: after a backoff if something failed, else when the first circuit
+            // may let a probe through. Either way no later than the deadline.
+            let wait = if failed_any {
+                backoff::delay(round + 1, initial, max, &mut rand::thread_rng())
+            } else {
+                let next = http_backends
+                    .iter()
+                    .filter(|b| !refused.contains(*b))
+                    .filter_map(|b| self.backends.get(*b))
+                    .map(|b| b.breaker.retry_at())
+                    .min()
+                    .unwrap_or(deadline);
+                next.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
+            };
+            if let Some(e) = self.pause(wait, deadline, token).await {
+                return e;
+            }
+            round += 1;
+        }
+    }
+
+    /// Sleep `wait`, but wake for the deadline, a cancel or shutdown.
+    async fn pause(&self, wait: Duration, deadline: Instant, token: &CancellationToken) -> Option<Ending> {
+        let until = (Instant::now() + wait).min(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = token.cancelled() => return Some(Ending::Abandoned),
+        }
+        (Instant::now() >= deadline).then_some(Ending::Escalated(reason::DEADLINE))
+    }
+}

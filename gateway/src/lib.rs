@@ -1,0 +1,262 @@
+//! Yijian (一键) — the one-touch elderly service gateway.
+//!
+//! A press travels, one module per stage:
+//!
+//! ```text
+//! device ──MQTT──▶ broker ──▶ intake ──▶ rules ──▶ store ──▶ dispatch ──HTTP──▶ backends
+//!   ▲              (auth,    (decode,   (press →  (journal,  (retries, failover,     │
+//!   │               ACL)      validate,  decision) requests,  breaker, escalation    │
+//!   │                         dedupe)              outbox)    to `desk`)             │
+//!   └────────────── feedback ◀─────────────────────────────────┴── api (callbacks) ◀─┘
+//! ```
+//!
+//! - [`broker`]: embedded rumqttd, device authentication, per-device topic ACL.
+//! - [`intake`]: the gateway's MQTT subscribers; acks in receive order after the journal.
+//! - [`rules`]: what a press becomes (service + priority, or cancel).
+//! - [`store`]: SQLite journal with group commit; `received` is sent only after its commit.
+//! - [`dispatch`]: the backend contract, retries, circuit breakers, escalation.
+//! - [`feedback`]: messages back to the device.
+//! - [`api`]: health, metrics, requests, operator actions, backend callbacks.
+//! - [`config`], [`telemetry`], [`devices`], [`admin`] (CLI subcommands), [`clock`].
+//!
+//! [`Gateway::start`] takes a configuration and a bound HTTP listener and returns once the
+//! gateway is ready; `main` only wires.
+
+pub mod admin;
+pub mod api;
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod devices;
+pub mod dispatch;
+pub mod feedback;
+pub mod intake;
+pub mod rules;
+pub mod store;
+pub mod telemetry;
+
+use config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The rules do not load.
+    #[error("rules: {0}")]
+    Rules(String),
+    /// The journal cannot be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The broker or the gateway's own MQTT connections failed.
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    /// A listener could not be set up.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Where the rules come from.
+pub fn rules_source(cfg: &Config) -> Option<PathBuf> {
+    match &cfg.rules.dir {
+        Some(d) => Some(d.clone()),
+        None => {
+            let local = PathBuf::from("rules");
+            local.is_dir().then_some(local)
+        }
+    }
+}
+
+/// Load the rules the configuration asks for (or the built-in ones). Returns the set and a
+/// description of where it came from.
+pub fn load_rules(cfg: &Config) -> Result<(rules::RuleSet, String), StartError> {
+    match rules_source(cfg) {
+        Some(dir) => {
+            let loaded = rules::RuleSet::load_dir(&dir).map_err(|e| StartError::Rules(e.to_string()))?;
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            let files = loaded.set.files().join(", ");
+            let n = loaded.set.len();
+            Ok((loaded.set, format!("{n} rules from {} ({files})", dir.display())))
+        }
+        None => {
+            let set = rules::RuleSet::default_set();
+            let n = set.len();
+            Ok((set, format!("{n} built-in rules (no ./rules directory)")))
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where the embedded broker listens.
+    pub mqtt_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// The journal (tests inspect it, inject failures).
+    pub store: store::Store,
+    /// Component readiness, as `/readyz` reports it.
+    pub ready: Arc<api::Readiness>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    broker: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Start every stage; returns once devices are admitted and the API serves.
+    pub async fn start(config: Config, http: TcpListener) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let (rule_set, rules_desc) = load_rules(&config)?;
+        let rules = Arc::new(RwLock::new(Arc::new(rule_set)));
+        let metrics = telemetry::metrics_handle();
+        let store = store::Store::open(&config.db_path(), config.store.max_batch)?;
+        let ready = Arc::new(api::Readiness::default());
+
+        // rumqttd binds its listener inside a task and can only log a failure there; check the
+        // address first so a busy port is a clear start error.
+        std::net::TcpListener::bind(config.mqtt.listen)
+            .map_err(|e| StartError::Io(format!("cannot listen for MQTT on {}: {e}", config.mqtt.listen)))?;
+        let directory = devices::Directory::new(store.clone());
+        let accounts = broker::Accounts::new(directory.clone());
+        let broker_task = broker::start(&config.mqtt, accounts.clone());
+
+        let feedback = connect_with_retry(|| {
+            feedback::FeedbackSender::connect(&config.mqtt, accounts.gateway_secret(), shutdown.clone())
+        })
+        .await?;
+        ready.broker.store(true, Ordering::Release);
+
+        let (dispatch, dispatch_task) = dispatch::start(config.clone(), store.clone(), feedback.clone(), shutdown.clone())?;
+        let ctx = Arc::new(intake::IntakeContext {
+            store: store.clone(),
+            directory,
+            rules,
+            feedback: feedback.clone(),
+            dispatch: dispatch.clone(),
+            cancel_window_ms: config.rules.cancel_window_s as i64 * 1000,
+        });
+        let presses = connect_with_retry(|| {
+            intake::start_presses(&config.mqtt, accounts.gateway_secret(), ctx.clone(), shutdown.clone())
+        })
+        .await?;
+        let statuses = connect_with_retry(|| {
+            intake::start_statuses(&config.mqtt, accounts.gateway_secret(), ctx.clone(), shutdown.clone())
+        })
+        .await?;
+        // Intake's subscriptions exist: from now on no device message can fall on a topic
+        // nobody reads.
+        accounts.admit_devices(true);
+        ready.intake.store(true, Ordering::Release);
+
+        let pending = store.read(|c| store::read::outbox(c)).await?;
+        if !pending.is_empty() {
+            tracing::info!(requests = pending.len(), "replaying the dispatch outbox");
+        }
+        let replay = {
+            let dispatch = dispatch.clone();
+            tokio::spawn(async move {
+                for req in pending {
+                    dispatch.submit(req).await;
+                }
+            })
+        };
+
+        let http_addr = http.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let app = api::router(api::ApiState { store: store.clone(), feedback, ready: ready.clone(), metrics });
+        let http_task = {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            })
+        };
+
+        tracing::info!(
+            mqtt = %config.mqtt.listen,
+            http = %http_addr,
+            data_dir = %config.store.data_dir.display(),
+            rules = %rules_desc,
+            "yijian gateway ready"
+        );
+        for s in yijian_wire::Service::ALL {
+            let r = config.route(*s);
+            tracing::info!(
+                service = %s,
+                backends = %r.backends.join(" → "),
+                attempt_timeout_ms = r.attempt_timeout.as_millis() as u64,
+                deadline_s = r.deadline.as_secs(),
+                "route"
+            );
+        }
+
+        Ok(Gateway {
+            mqtt_addr: config.mqtt.listen,
+            http_addr,
+            store,
+            ready,
+            shutdown,
+            tasks: vec![presses, statuses, dispatch_task, replay, http_task],
+            broker: broker_task,
+        })
+    }
+
+    /// A token that stops the gateway when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stop every stage, wait for them, and flush the journal.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.flush().await;
+        self.broker.abort();
+        let _ = self.broker.await;
+    }
+
+    /// Run until `signal` resolves, then stop.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        let token = self.shutdown.clone();
+        tokio::select! {
+            _ = signal => tracing::info!("shutting down"),
+            _ = token.cancelled() => {}
+        }
+        self.stop().await;
+    }
+}
+
+/// The broker's listener comes up asynchronously: retry the gateway's own connections briefly.
+async fn connect_with_retry<T, F, Fut>(mut connect: F) -> Result<T, StartError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, rumqttc::ConnectionError>>,
+{
+    let mut last = None;
+    for _ in 0..100 {
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Err(StartError::Mqtt(format!(
+        "the gateway could not connect to its own broker: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}

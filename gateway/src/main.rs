@@ -1,0 +1,199 @@
+//! `yijian-gateway`: parse arguments, load the configuration, start telemetry, call the library.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use yijian_gateway::config::{Config, DEFAULT_CONFIG, EXAMPLE_BACKENDS_CONFIG};
+use yijian_gateway::telemetry::{self, LogFormat};
+use yijian_gateway::{admin, Gateway};
+
+/// Yijian (一键): the one-touch elderly service gateway.
+///
+/// Takes button presses from home call devices over MQTT (embedded broker), journals them,
+/// routes them by rules to rescue, taxi and hospital dispatch backends (or the built-in
+/// operator desk) and tells the device that help is coming.
+///
+/// Without a subcommand it runs the gateway (`serve`).
+#[derive(Parser)]
+#[command(name = "yijian-gateway", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Options every subcommand honours, so `devices add` works on a running gateway's data.
+#[derive(Args)]
+struct Global {
+    /// Configuration file (TOML). Without it the built-in default is used
+    /// (print it with `config default`).
+    #[arg(short, long, global = true, env = "YIJIAN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override [mqtt] listen, e.g. 127.0.0.1:1883.
+    #[arg(long, global = true, env = "YIJIAN_MQTT_LISTEN", value_name = "ADDR")]
+    mqtt_listen: Option<SocketAddr>,
+    /// Override [http] listen, e.g. 127.0.0.1:8080.
+    #[arg(long, global = true, env = "YIJIAN_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    /// Override [store] data_dir (the journal lives in DIR/yijian.db).
+    #[arg(long, global = true, env = "YIJIAN_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Override [rules] dir.
+    #[arg(long, global = true, env = "YIJIAN_RULES_DIR", value_name = "DIR")]
+    rules_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "YIJIAN_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with its embedded broker (the default).
+    Serve,
+    /// Register and list devices.
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// Check routing rules.
+    #[command(subcommand)]
+    Rules(RulesCmd),
+    /// Print or check configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum DevicesCmd {
+    /// Register a device and print its new secret (shown once).
+    Add {
+        /// Device id: 1-64 of A-Z a-z 0-9 _ -; also its MQTT client id and username.
+        id: String,
+        /// Device model profile matched by the rules (e.g. one-button, three-button).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Resident the device belongs to.
+        #[arg(long)]
+        resident: Option<String>,
+        /// Print {"device_id": ..., "secret": ...} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered devices.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Check every rule file in DIR; report every error with file:line:column.
+    Check {
+        /// The rules directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the built-in default configuration.
+    Default,
+    /// Print an example configuration routing to HTTP backends.
+    Example,
+    /// Check a configuration file and print the routes it gives.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn load_config(g: &Global) -> Result<Config, String> {
+    let mut cfg = match &g.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default_config(),
+    };
+    if let Some(a) = g.mqtt_listen {
+        cfg.mqtt.listen = a;
+    }
+    if let Some(a) = g.http_listen {
+        cfg.http.listen = a;
+    }
+    if let Some(d) = &g.data_dir {
+        cfg.store.data_dir = d.clone();
+    }
+    if let Some(d) = &g.rules_dir {
+        cfg.rules.dir = Some(d.clone());
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::Serve) {
+        telemetry::init_logging(cli.global.log_format);
+    }
+    let mut out = std::io::stdout().lock();
+    let result: Result<(), String> = match command {
+        Command::Config(ConfigCmd::Default) => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Example) => {
+            print!("{EXAMPLE_BACKENDS_CONFIG}");
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Check { file }) => admin::config_check(&file, &mut out).map_err(|e| e.to_string()),
+        Command::Rules(RulesCmd::Check { dir }) => admin::rules_check(&dir, &mut out).map_err(|e| e.to_string()),
+        other => match load_config(&cli.global) {
+            Err(e) => Err(e),
+            Ok(cfg) => match other {
+                Command::Devices(DevicesCmd::Add { id, profile, resident, json }) => {
+                    admin::devices_add(&cfg, &id, profile.as_deref(), resident.as_deref(), json, &mut out)
+                        .map_err(|e| e.to_string())
+                }
+                Command::Devices(DevicesCmd::List { json }) => {
+                    admin::devices_list(&cfg, json, &mut out).map_err(|e| e.to_string())
+                }
+                _ => serve(cfg),
+            },
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("yijian-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cfg: Config) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("yijian")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async move {
+        let http = tokio::net::TcpListener::bind(cfg.http.listen)
+            .await
+            .map_err(|e| format!("cannot listen for HTTP on {}: {e}", cfg.http.listen))?;
+        let gateway = Gateway::start(cfg, http).await.map_err(|e| e.to_string())?;
+        gateway.run_until(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,129 @@
+//! Test harness: a gateway, mock backends and simulated devices in one process, on loopback
+//! ports reserved at run time (never fixed ports).
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+use yijian_device_sim::{DeviceConfig, MockBackends, SimDevice};
+use yijian_gateway::config::{BackendConfig, Config, ServiceConfig};
+use yijian_gateway::Gateway;
+
+pub use yijian_device_sim::{Behaviour, MockOptions};
+pub use yijian_wire::{FeedbackState, Gesture};
+
+/// A free loopback port: bound, read and released. rumqttd binds its listener itself and
+/// cannot report a port bound with port 0, so the broker gets one of these.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    l.local_addr().expect("local address").port()
+}
+
+/// A gateway under test with its own data directory.
+pub struct TestGateway {
+    pub gw: Gateway,
+    pub config: Config,
+    pub base: String,
+    pub mqtt: SocketAddr,
+    pub http: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A configuration for tests: loopback ports, a temporary data dir, fast retries.
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut c = Config::default_config();
+    c.mqtt.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    c.store.data_dir = data_dir.to_owned();
+    c.dispatch.backoff_initial_ms = 10;
+    c.dispatch.backoff_max_ms = 50;
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    c.rules.dir = Some(rules);
+    c
+}
+
+/// Route `service` to these backends (names) with the given deadline.
+pub fn route(c: &mut Config, service: &str, backends: &[&str], attempt_timeout_ms: u64, deadline_s: u64) {
+    c.services.insert(
+        service.to_owned(),
+        ServiceConfig {
+            backends: backends.iter().map(|s| s.to_string()).collect(),
+            attempt_timeout_ms: Some(attempt_timeout_ms),
+            deadline_s: Some(deadline_s),
+        },
+    );
+}
+
+/// Declare a backend served by `mock` at path `/{name}`.
+pub fn backend(c: &mut Config, mock: &MockBackends, name: &str) {
+    c.backends.insert(name.to_owned(), BackendConfig { url: mock.url(name), token_env: None });
+}
+
+impl TestGateway {
+    /// Start a gateway with the test defaults adjusted by `adjust`.
+    pub async fn start(adjust: impl FnOnce(&mut Config)) -> Result<TestGateway> {
+        let dir = tempfile::tempdir()?;
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let mut t = TestGateway::start_with(config).await?;
+        t._dir = Some(dir);
+        Ok(t)
+    }
+
+    /// Start a gateway with exactly this configuration (its data dir is the caller's).
+    pub async fn start_with(mut config: Config) -> Result<TestGateway> {
+        let mut last = None;
+        // The reserved MQTT port could be taken between reservation and bind: retry on a new one.
+        for _ in 0..3 {
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            match Gateway::start(config.clone(), http).await {
+                Ok(gw) => {
+                    let base = format!("http://{}", gw.http_addr);
+                    let mqtt = gw.mqtt_addr;
+                    return Ok(TestGateway { gw, config, base, mqtt, http: reqwest::Client::new(), _dir: None });
+                }
+                Err(e @ yijian_gateway::StartError::Io(_)) => {
+                    last = Some(e);
+                    config.mqtt.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(anyhow!("gateway did not start: {:?}", last))
+    }
+
+    /// Register a device; returns its secret.
+    pub fn add_device(&self, id: &str, profile: &str) -> Result<String> {
+        let mut out = Vec::new();
+        yijian_gateway::admin::devices_add(&self.config, id, Some(profile), None, true, &mut out)?;
+        let v: Value = serde_json::from_slice(&out)?;
+        Ok(v["secret"].as_str().context("secret in devices add output")?.to_owned())
+    }
+
+    /// Register and connect a simulated device.
+    pub async fn device(&self, id: &str, profile: &str) -> Result<SimDevice> {
+        let secret = self.add_device(id, profile)?;
+        Ok(SimDevice::connect(DeviceConfig::new(id, secret, self.mqtt)).await?)
+    }
+
+    /// GET a path of the API: (status, JSON body).
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self.http.get(format!("{}{}", self.base, path)).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// POST JSON to a path of the API: (status, JSON body).
+    pub async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        let r = self.http.post(format!("{}{}", self.base, path)).json(&body).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Stop the gateway.
+    pub async fn stop(self) {
+        self.gw.stop().await;
+    }
+}
+
+/// A generous bound for waits that normally take milliseconds.
+pub const WAIT: Duration = Duration::from_secs(15);
