@@ -126,6 +126,8 @@ impl SimDevice {
             true,
         ));
         let (client, mut events) = AsyncClient::new(opts, 256);
+        // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
+        events.network_options.set_tcp_nodelay(true);
         // First connection: report failure directly instead of retrying forever.
         let ack = loop {
             match events.poll().await {

@@ -67,6 +67,8 @@ pub async fn start_presses(
 ) -> Result<tokio::task::JoinHandle<()>, rumqttc::ConnectionError> {
     let opts = broker::gateway_client_options(cfg, broker::GATEWAY_PRESS_CLIENT, secret);
     let (client, mut events) = AsyncClient::new(opts, 1024);
+        // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
+        events.network_options.set_tcp_nodelay(true);
     subscribe_and_wait(&client, &mut events, topic::PRESS_FILTER).await?;
     let generation = Arc::new(AtomicU64::new(1));
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(1024);
@@ -259,6 +261,8 @@ pub async fn start_statuses(
 ) -> Result<tokio::task::JoinHandle<()>, rumqttc::ConnectionError> {
     let opts = broker::gateway_client_options(cfg, broker::GATEWAY_STATUS_CLIENT, secret);
     let (client, mut events) = AsyncClient::new(opts, 1024);
+        // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
+        events.network_options.set_tcp_nodelay(true);
     subscribe_and_wait(&client, &mut events, topic::STATUS_FILTER).await?;
     Ok(tokio::spawn(async move {
         let mut tracker = Presence::default();
