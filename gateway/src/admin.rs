@@ -82,7 +82,7 @@ pub fn devices_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(),
         writeln!(out, "no devices registered in {} (add one with `yijian-gateway devices add ID`)", cfg.db_path().display())?;
         return Ok(());
     }
-    writeln!(out, "{:<24} {:<14} {:<12} {:<8} {:<24} {}", "DEVICE", "PROFILE", "RESIDENT", "ONLINE", "LAST SEEN", "REGISTERED")?;
+    writeln!(out, "{:<24} {:<14} {:<12} {:<8} {:<24} REGISTERED", "DEVICE", "PROFILE", "RESIDENT", "ONLINE", "LAST SEEN")?;
     for d in list {
         let online = match (d.revoked_at, d.online) {
             (Some(_), _) => "revoked",

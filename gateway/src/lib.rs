@@ -159,7 +159,7 @@ impl Gateway {
         accounts.admit_devices(true);
         ready.intake.store(true, Ordering::Release);
 
-        let pending = store.read(|c| store::read::outbox(c)).await?;
+        let pending = store.read(store::read::outbox).await?;
         if !pending.is_empty() {
             tracing::info!(requests = pending.len(), "replaying the dispatch outbox");
         }

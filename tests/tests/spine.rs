@@ -248,3 +248,43 @@ async fn unregistered_clients_and_wrong_secrets_are_refused_at_connect() -> Resu
     gw.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_is_replayed_after_a_restart() -> Result<()> {
+    let mock = yijian_device_sim::MockBackends::start_local(MockOptions::default()).await?;
+    mock.set("hospital", Behaviour::Status(503, None));
+    let dir = tempfile::tempdir()?;
+    let mut config = test_config(dir.path());
+    backend(&mut config, &mock, "hospital");
+    route(&mut config, "hospital", &["hospital"], 500, 300);
+    let gw = TestGateway::start_with(config.clone()).await?;
+    let mut dev = gw.device("replay-1", "one-button").await?;
+    let press = dev.press("main", Gesture::Triple).await?;
+    let heard = dev.wait_for(&press, FeedbackState::Received, WAIT).await?;
+    let rid = heard[0].feedback.request.clone().unwrap();
+    // Wait until the failing backend has been tried at least once, then stop the gateway.
+    while !mock.hits().iter().any(|h| h.key == rid) {
+        dev.next_feedback(std::time::Duration::from_millis(50)).await.ok();
+    }
+    gw.stop().await;
+    assert!(mock.received().is_empty());
+
+    // The backend recovers; a new gateway on the same journal dispatches what was owed.
+    mock.set("hospital", Behaviour::Accept);
+    let gw = TestGateway::start_with(config).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let v = loop {
+        let (_, v) = gw.get(&format!("/api/v1/requests/{rid}")).await?;
+        if v["state"] == "dispatched" || tokio::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(v["state"], "dispatched", "{v}");
+    let got = mock.received_by("hospital");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key, rid);
+    assert!(got[0].attempt.unwrap() > 1, "attempt numbers continue after the restart: {:?}", got[0].attempt);
+    gw.stop().await;
+    Ok(())
+}
