@@ -212,14 +212,16 @@ pub fn start(cfg: &MqttConfig, accounts: Accounts) -> JoinHandle<()> {
     })
 }
 
-/// MQTT options for one of the gateway's own connections to the embedded broker: persistent
-/// session, manual acks, and room for the largest packet the broker lets a device send (a
-/// smaller limit would make rumqttc drop the connection on one oversized press, forever).
-pub fn gateway_client_options(
+/// One of the gateway's own connections to the embedded broker: persistent session, manual
+/// acks, TCP_NODELAY (small messages must not wait ~40 ms for Nagle and delayed ACKs), and room
+/// for the largest packet the broker lets a device send (a smaller limit would make rumqttc drop
+/// the connection on one oversized press, forever). `capacity` is the request queue's size.
+pub fn gateway_client(
     cfg: &MqttConfig,
     client_id: &str,
     secret: &str,
-) -> rumqttc::MqttOptions {
+    capacity: usize,
+) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
     let host = if cfg.listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { cfg.listen.ip().to_string() };
     let mut o = rumqttc::MqttOptions::new(client_id, host, cfg.listen.port());
     o.set_credentials(client_id, secret);
@@ -228,5 +230,7 @@ pub fn gateway_client_options(
     o.set_keep_alive(std::time::Duration::from_secs(30));
     o.set_max_packet_size(cfg.max_payload_size + 1024, cfg.max_payload_size + 1024);
     o.set_inflight(500);
-    o
+    let (client, mut events) = rumqttc::AsyncClient::new(o, capacity);
+    events.network_options.set_tcp_nodelay(true);
+    (client, events)
 }

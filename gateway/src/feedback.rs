@@ -25,10 +25,7 @@ impl FeedbackSender {
         secret: &str,
         shutdown: CancellationToken,
     ) -> Result<FeedbackSender, rumqttc::ConnectionError> {
-        let opts = broker::gateway_client_options(cfg, broker::GATEWAY_FEEDBACK_CLIENT, secret);
-        let (client, mut events) = AsyncClient::new(opts, 4096);
-        // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
-        events.network_options.set_tcp_nodelay(true);
+        let (client, mut events) = broker::gateway_client(cfg, broker::GATEWAY_FEEDBACK_CLIENT, secret, 4096);
         wait_connack(&mut events).await?;
         tokio::spawn(async move {
             loop {

@@ -65,11 +65,7 @@ pub async fn start_presses(
     ctx: Arc<IntakeContext>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, rumqttc::ConnectionError> {
-    let opts = broker::gateway_client_options(cfg, broker::GATEWAY_PRESS_CLIENT, secret);
-    let (client, mut events) = AsyncClient::new(opts, 1024);
-        // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
-        events.network_options.set_tcp_nodelay(true);
-    subscribe_and_wait(&client, &mut events, topic::PRESS_FILTER).await?;
+    let (client, mut events) = subscriber(cfg, broker::GATEWAY_PRESS_CLIENT, secret, topic::PRESS_FILTER).await?;
     let generation = Arc::new(AtomicU64::new(1));
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(1024);
     let acker = tokio::spawn(acker(ack_rx, client.clone(), generation.clone(), ctx.clone()));
@@ -111,17 +107,19 @@ pub async fn start_presses(
     }))
 }
 
-/// Subscribe and poll until the SUBACK.
-async fn subscribe_and_wait(
-    client: &AsyncClient,
-    events: &mut EventLoop,
+/// Connect one of the gateway's subscribers and poll until its SUBACK.
+async fn subscriber(
+    cfg: &MqttConfig,
+    client_id: &str,
+    secret: &str,
     filter: &str,
-) -> Result<(), rumqttc::ConnectionError> {
-    feedback::wait_connack(events).await?;
+) -> Result<(AsyncClient, EventLoop), rumqttc::ConnectionError> {
+    let (client, mut events) = broker::gateway_client(cfg, client_id, secret, 1024);
+    feedback::wait_connack(&mut events).await?;
     let _ = client.try_subscribe(filter, QoS::AtLeastOnce);
     loop {
         if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
-            return Ok(());
+            return Ok((client, events));
         }
     }
 }
@@ -259,11 +257,7 @@ pub async fn start_statuses(
     ctx: Arc<IntakeContext>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, rumqttc::ConnectionError> {
-    let opts = broker::gateway_client_options(cfg, broker::GATEWAY_STATUS_CLIENT, secret);
-    let (client, mut events) = AsyncClient::new(opts, 1024);
-        // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
-        events.network_options.set_tcp_nodelay(true);
-    subscribe_and_wait(&client, &mut events, topic::STATUS_FILTER).await?;
+    let (client, mut events) = subscriber(cfg, broker::GATEWAY_STATUS_CLIENT, secret, topic::STATUS_FILTER).await?;
     Ok(tokio::spawn(async move {
         let mut tracker = Presence::default();
         loop {
