@@ -45,7 +45,13 @@ pub struct Received {
     pub authorization: Option<String>,
     /// Arrival, epoch milliseconds.
     pub arrived_ms: i64,
-    /// The body.
+    /// Arrival, epoch microseconds (for latency measurement).
+    pub arrived_us: i64,
+    /// `device.id` of the body.
+    pub device_id: String,
+    /// `press.id` of the body.
+    pub press_id: String,
+    /// The body (`null` when the backends were started with `keep_bodies = false`).
     pub body: serde_json::Value,
 }
 
@@ -70,6 +76,8 @@ struct Inner {
     hits: Vec<Hit>,
     keys: HashSet<(String, String)>,
     duplicates: u64,
+    /// Every attempt, accepted or not.
+    attempts: u64,
     /// Per-backend queue of behaviours for the next requests; then the default.
     scripts: HashMap<String, VecDeque<Behaviour>>,
     /// Per-backend standing behaviour.
@@ -78,12 +86,20 @@ struct Inner {
 }
 
 /// Options of `yijian-sim backends`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MockOptions {
     /// Added before every answer.
     pub latency: Duration,
     /// Probability of answering 503 instead of accepting.
     pub fail_rate: f64,
+    /// Keep each request's whole body (tests); a load run keeps only ids to bound memory.
+    pub keep_bodies: bool,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions { latency: Duration::ZERO, fail_rate: 0.0, keep_bodies: true }
+    }
 }
 
 /// Running mock backends; cheap to clone.
@@ -96,8 +112,8 @@ pub struct MockBackends {
     stop: CancellationToken,
 }
 
-fn epoch_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+fn epoch_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 impl MockBackends {
@@ -151,7 +167,12 @@ impl MockBackends {
         self.received().into_iter().filter(|r| r.backend == backend).collect()
     }
 
-    /// Every attempt that arrived, in order.
+    /// How many attempts arrived (every status).
+    pub fn attempts(&self) -> u64 {
+        self.inner.lock().expect("lock").attempts
+    }
+
+    /// Every attempt that arrived, in order (only kept with `keep_bodies`).
     pub fn hits(&self) -> Vec<Hit> {
         self.inner.lock().expect("lock").hits.clone()
     }
@@ -169,11 +190,12 @@ impl MockBackends {
 
 async fn list_all(State(m): State<MockBackends>) -> Json<serde_json::Value> {
     let inner = m.inner.lock().expect("lock");
-    Json(serde_json::json!({"received": inner.received, "duplicates": inner.duplicates, "attempts": inner.hits.len()}))
+    Json(serde_json::json!({"received": inner.received, "duplicates": inner.duplicates, "attempts": inner.attempts}))
 }
 
 async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    let arrived_ms = epoch_ms();
+    let arrived_us = epoch_us();
+    let arrived_ms = arrived_us / 1000;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let Some(key) = header("idempotency-key") else {
         return (StatusCode::BAD_REQUEST, "missing Idempotency-Key").into_response();
@@ -204,7 +226,10 @@ async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, header
             Behaviour::Accept => (200, Duration::ZERO, None),
             Behaviour::SlowAccept(d) => (200, d, None),
         };
-        inner.hits.push(Hit { backend: backend.clone(), key: key.clone(), attempt, arrived_ms, status });
+        inner.attempts += 1;
+        if m.opts.keep_bodies {
+            inner.hits.push(Hit { backend: backend.clone(), key: key.clone(), attempt, arrived_ms, status });
+        }
         if status == 409 {
             inner.duplicates += 1;
         }
@@ -213,13 +238,18 @@ async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, header
             inner.keys.insert((backend.clone(), key.clone()));
             inner.counter += 1;
             reference = Some(format!("{}-{}", backend.to_uppercase(), inner.counter));
+            let text = |p: &str| body.pointer(p).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let (device_id, press_id) = (text("/device/id"), text("/press/id"));
             inner.received.push(Received {
                 backend: backend.clone(),
                 key,
                 attempt,
                 authorization: header("authorization"),
                 arrived_ms,
-                body,
+                arrived_us,
+                device_id,
+                press_id,
+                body: if m.opts.keep_bodies { body } else { serde_json::Value::Null },
             });
         }
         ((status, retry_after), delay, reference)

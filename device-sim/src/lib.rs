@@ -3,6 +3,7 @@
 
 pub mod backends;
 pub mod device;
+pub mod load;
 
 pub use backends::{Behaviour, MockBackends, MockOptions, Received};
 pub use device::{DeviceConfig, DeviceError, Heard, SimDevice};

@@ -3,6 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use yijian_device_sim::load::fleet::Credential;
+use yijian_device_sim::load::tracker::Mix;
+use yijian_device_sim::load::RunOptions;
 use std::time::Duration;
 use yijian_device_sim::{DeviceConfig, MockBackends, MockOptions, SimDevice};
 use yijian_wire::{FeedbackState, Gesture};
@@ -42,6 +46,14 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         wait: u64,
     },
+    /// Load and latency run: N devices (real MQTT connections, persistent sessions,
+    /// retransmitting until answered, heartbeating), presses as a Poisson process at R/s
+    /// overall, mock backends in this process; prints latency quantiles and the integrity
+    /// check, and exits non-zero when any press is lost or doubled.
+    ///
+    /// The gateway must route rescue/taxi/hospital to http://BACKENDS_LISTEN/{rescue,taxi,hospital}
+    /// (gateway/config/example-backends.toml does, with the default --backends-listen).
+    Run(RunArgs),
     /// Run mock rescue / taxi / hospital backends: POST /{name} with an Idempotency-Key
     /// (a repeated key is answered 409 and not counted twice); GET /received lists them.
     Backends {
@@ -55,6 +67,198 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         fail_rate: f64,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// How many devices.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Presses per second, all devices together (the first step with --max-rate).
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// How long to press, e.g. 60s, 2m (each step's length with --max-rate: see --step).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seconds between each device's heartbeats.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Service mix as weights, e.g. rescue=1,taxi=2,hospital=1.
+    #[arg(long, default_value = "rescue=1,taxi=1,hospital=1")]
+    mix: String,
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Gateway HTTP base URL; when given, the run waits for /readyz first.
+    #[arg(long)]
+    gateway_http: Option<String>,
+    /// Where this process serves the mock backends.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    backends_listen: SocketAddr,
+    /// Device credentials, one JSON object per line ({"device_id", "secret"}), as printed by
+    /// `yijian-gateway devices add-many`. Without it devices are provisioned with that command.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// Write the provisioned credentials here (for a later --credentials).
+    #[arg(long)]
+    save_credentials: Option<PathBuf>,
+    /// The yijian-gateway binary used to provision devices (default: next to yijian-sim).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// --config passed to yijian-gateway when provisioning.
+    #[arg(long)]
+    gateway_config: Option<PathBuf>,
+    /// --data-dir passed to yijian-gateway when provisioning.
+    #[arg(long)]
+    gateway_data_dir: Option<PathBuf>,
+    /// The gateway's process id, to report its memory.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 2000.0)]
+    connect_rate: f64,
+    /// How long to wait for outstanding answers after pressing stops.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain: Duration,
+    /// Device retransmit interval (jittered ±20%).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    retransmit: Duration,
+    /// Step the rate up (×1.5, then bisect) until p99 press → dispatched exceeds --p99-limit
+    /// or a press is lost; report the highest rate that held.
+    #[arg(long)]
+    max_rate: bool,
+    /// p99 limit for --max-rate.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    p99_limit: Duration,
+    /// Length of each --max-rate step.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    step: Duration,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `90`, `90s`, `1500ms`, `2m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn read_credentials(path: &std::path::Path) -> Result<Vec<Credential>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_credentials(&text).with_context(|| format!("in {}", path.display()))
+}
+
+fn parse_credentials(text: &str) -> Result<Vec<Credential>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str::<Credential>(l).with_context(|| format!("line {}: not a credential", i + 1)))
+        .collect()
+}
+
+fn provision(a: &RunArgs) -> Result<Vec<Credential>> {
+    let bin = match &a.gateway_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("yijian-gateway"),
+    };
+    if !bin.exists() {
+        bail!("cannot provision devices: {} not found (build it, pass --gateway-bin, or pass --credentials)", bin.display());
+    }
+    let prefix = format!("sim{:04x}-", rand::random::<u16>());
+    let mut cmd = std::process::Command::new(&bin);
+    if let Some(c) = &a.gateway_config {
+        cmd.arg("--config").arg(c);
+    }
+    if let Some(d) = &a.gateway_data_dir {
+        cmd.arg("--data-dir").arg(d);
+    }
+    cmd.args(["devices", "add-many", "--prefix", &prefix, "--count", &a.devices.to_string(), "--profile", "three-button"]);
+    let out = cmd.output().with_context(|| format!("cannot run {}", bin.display()))?;
+    if !out.status.success() {
+        bail!("provisioning failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let creds = parse_credentials(&String::from_utf8_lossy(&out.stdout))?;
+    eprintln!("provisioned {} devices ({}1 … {}{})", creds.len(), prefix, prefix, creds.len());
+    Ok(creds)
+}
+
+async fn wait_ready(base: &str) -> Result<()> {
+    let url = format!("{}/readyz", base.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    for _ in 0..50 {
+        if let Ok(r) = client.get(&url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the gateway at {base} is not ready ({url} did not answer 200 within 10 s)")
+}
+
+async fn run(a: RunArgs) -> Result<bool> {
+    let mix = Mix::parse(&a.mix).map_err(anyhow::Error::msg)?;
+    if a.rate <= 0.0 || !a.rate.is_finite() {
+        bail!("--rate must be a positive number");
+    }
+    if a.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    if let Some(base) = &a.gateway_http {
+        wait_ready(base).await?;
+    }
+    let creds = match &a.credentials {
+        Some(p) => read_credentials(p)?,
+        None => provision(&a)?,
+    };
+    if creds.len() < a.devices {
+        bail!("{} devices asked for, {} credentials available", a.devices, creds.len());
+    }
+    if let Some(p) = &a.save_credentials {
+        let text: String = creds.iter().map(|c| serde_json::to_string(c).expect("serializes") + "\n").collect();
+        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    let opts = RunOptions {
+        devices: a.devices,
+        rate: a.rate,
+        duration: a.duration,
+        heartbeat: a.heartbeat,
+        mix,
+        broker: resolve(&a.broker)?,
+        backends_listen: a.backends_listen,
+        connect_rate: a.connect_rate,
+        drain: a.drain,
+        retransmit: a.retransmit,
+        max_rate: a.max_rate.then_some(a.p99_limit),
+        step: a.step,
+        gateway_pid: a.gateway_pid,
+        progress: !a.quiet,
+    };
+    let report = yijian_device_sim::load::run(opts, creds).await?;
+    println!("{report}");
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(report.ok())
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -149,7 +353,7 @@ async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()
         bail!("--fail-rate must be between 0 and 1");
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let m = MockBackends::start(listener, MockOptions { latency: Duration::from_millis(latency), fail_rate })?;
+    let m = MockBackends::start(listener, MockOptions { latency: Duration::from_millis(latency), fail_rate, keep_bodies: false })?;
     println!("mock backends on http://{} — POST /rescue, /taxi, /hospital (any name works); GET /received", m.addr);
     let mut shown = 0;
     loop {
@@ -159,9 +363,7 @@ async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()
         }
         let r = m.received();
         for x in &r[shown..] {
-            let service = x.body.get("service").and_then(|v| v.as_str()).unwrap_or("?");
-            let device = x.body.pointer("/device/id").and_then(|v| v.as_str()).unwrap_or("?");
-            println!("{} {} request={} service={} device={} attempt={:?}", x.arrived_ms, x.backend, x.key, service, device, x.attempt);
+            println!("{} {} request={} device={} press={} attempt={:?}", x.arrived_ms, x.backend, x.key, x.device_id, x.press_id, x.attempt);
         }
         shown = r.len();
     }
@@ -177,6 +379,11 @@ async fn main() {
             press(device, secret, button, gesture, broker, repeat, wait).await
         }
         Command::Backends { listen, latency, fail_rate } => backends(listen, latency, fail_rate).await,
+        Command::Run(a) => match run(a).await {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(2),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = r {
         eprintln!("yijian-sim: {e:#}");

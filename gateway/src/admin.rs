@@ -70,6 +70,40 @@ pub fn devices_add(
     Ok(())
 }
 
+/// `devices add-many --prefix P --count N [--profile P]`: register `{P}{1..=N}` in one
+/// transaction and print one JSON line `{"device_id", "secret"}` per device (for simulators
+/// and bulk provisioning; the secrets are shown only this once).
+pub fn devices_add_many(
+    cfg: &Config,
+    prefix: &str,
+    count: u32,
+    profile: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let profile = profile.unwrap_or(DEFAULT_PROFILE);
+    if let Some(p) = profile_problem(profile) {
+        return Err(AdminError(p.into()));
+    }
+    let last = format!("{prefix}{count}");
+    if let Some(p) = topic::device_id_problem(&last) {
+        return Err(AdminError(format!("prefix gives invalid ids ({last}): {p}")));
+    }
+    let mut conn = store::open_rw(&cfg.db_path())?;
+    let tx = conn.transaction().map_err(StoreError::from)?;
+    let now = now_ms();
+    let mut lines = String::new();
+    for i in 1..=count {
+        let id = format!("{prefix}{i}");
+        let secret = devices::new_secret();
+        store::read::add_device(&tx, &id, &devices::digest(&secret), profile, None, now)?;
+        lines.push_str(&serde_json::json!({"device_id": id, "secret": secret}).to_string());
+        lines.push('\n');
+    }
+    tx.commit().map_err(StoreError::from)?;
+    out.write_all(lines.as_bytes())?;
+    Ok(())
+}
+
 /// `devices list [--json]`.
 pub fn devices_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
     let conn = store::open_rw(&cfg.db_path())?;

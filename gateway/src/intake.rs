@@ -228,7 +228,7 @@ async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Insta
             ctx.feedback.send(&req.device_id, &fb).await;
             telemetry::intake_to_received(started.elapsed());
             telemetry::press_received(gesture, "request");
-            tracing::info!(request_id = %req.id, device_id = %req.device_id, press_id = %req.press.id, service = %req.service, "request created");
+            tracing::debug!(request_id = %req.id, device_id = %req.device_id, press_id = %req.press.id, service = %req.service, "request created");
             ctx.dispatch.submit(req).await;
         }
         PressOutcome::Duplicate(notice) => {

@@ -109,7 +109,8 @@ pub struct Gateway {
     pub ready: Arc<api::Readiness>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    broker: JoinHandle<()>,
+    /// Stops the broker's listener thread, and the thread itself.
+    broker: Option<(CancellationToken, std::thread::JoinHandle<()>)>,
 }
 
 impl Gateway {
@@ -129,7 +130,9 @@ impl Gateway {
             .map_err(|e| StartError::Io(format!("cannot listen for MQTT on {}: {e}", config.mqtt.listen)))?;
         let directory = devices::Directory::new(store.clone());
         let accounts = broker::Accounts::new(directory.clone());
-        let broker_task = broker::start(&config.mqtt, accounts.clone());
+        let broker_stop = CancellationToken::new();
+        let broker_thread = broker::start(&config.mqtt, accounts.clone(), broker_stop.clone())
+            .map_err(|e| StartError::Io(format!("cannot start the MQTT listener thread: {e}")))?;
 
         let feedback = connect_with_retry(|| {
             feedback::FeedbackSender::connect(&config.mqtt, accounts.gateway_secret(), shutdown.clone())
@@ -208,7 +211,7 @@ impl Gateway {
             ready,
             shutdown,
             tasks: vec![presses, statuses, dispatch_task, replay, http_task],
-            broker: broker_task,
+            broker: Some((broker_stop, broker_thread)),
         })
     }
 
@@ -224,8 +227,10 @@ impl Gateway {
             let _ = t.await;
         }
         self.store.flush().await;
-        self.broker.abort();
-        let _ = self.broker.await;
+        if let Some((stop, thread)) = self.broker {
+            stop.cancel();
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     /// Run until `signal` resolves, then stop.

@@ -79,6 +79,18 @@ enum DevicesCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Register PREFIX1..PREFIXN in one go; prints one JSON line with id and secret per device.
+    AddMany {
+        /// Id prefix, e.g. `sim-` gives sim-1, sim-2, ...
+        #[arg(long)]
+        prefix: String,
+        /// How many.
+        #[arg(long)]
+        count: u32,
+        /// Device model profile.
+        #[arg(long)]
+        profile: Option<String>,
+    },
     /// List registered devices.
     List {
         /// Print JSON.
@@ -153,6 +165,9 @@ fn main() -> ExitCode {
                 Command::Devices(DevicesCmd::Add { id, profile, resident, json }) => {
                     admin::devices_add(&cfg, &id, profile.as_deref(), resident.as_deref(), json, &mut out)
                         .map_err(|e| e.to_string())
+                }
+                Command::Devices(DevicesCmd::AddMany { prefix, count, profile }) => {
+                    admin::devices_add_many(&cfg, &prefix, count, profile.as_deref(), &mut out).map_err(|e| e.to_string())
                 }
                 Command::Devices(DevicesCmd::List { json }) => {
                     admin::devices_list(&cfg, json, &mut out).map_err(|e| e.to_string())

@@ -170,7 +170,7 @@ impl Dispatcher {
                     if (at - req.press.at).abs() <= 24 * 3600 * 1000 {
                         telemetry::press_to_dispatched(req.service, (at - req.press.at).max(0) as f64 / 1000.0);
                     }
-                    tracing::info!(request_id = %req.id, backend = %backend, "request dispatched");
+                    tracing::debug!(request_id = %req.id, backend = %backend, "request dispatched");
                     self.feedback.notify(&notice).await;
                 }
             }

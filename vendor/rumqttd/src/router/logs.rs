@@ -61,6 +61,14 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// YIJIAN PATCH: the filters with wildcards. A filter without wildcards matches exactly one
+    /// topic (itself), so only these need scanning when a new topic or filter appears.
+    wildcard_filters: Vec<(Filter, FilterIdx)>,
+}
+
+/// YIJIAN PATCH: whether a filter has wildcards.
+fn is_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
 }
 
 impl DataLog {
@@ -69,6 +77,7 @@ impl DataLog {
         let mut filter_indexes = HashMap::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
+        let mut wildcard_filters = Vec::new();
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
@@ -77,6 +86,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if is_wildcard(&filter) {
+                    wildcard_filters.push((filter.clone(), idx));
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -87,6 +99,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            wildcard_filters,
         })
     }
 
@@ -128,11 +141,22 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
+                // YIJIAN PATCH: the exact filter equal to the topic (if any) plus the matching
+                // wildcard filters, instead of matching the topic against every filter (one per
+                // device feedback subscription: O(devices) per new topic).
+                let exact = self
                     .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
+                    .get(topic)
+                    .filter(|_| matches(topic, topic))
+                    .copied();
+                let v: Vec<usize> = exact
+                    .into_iter()
+                    .chain(
+                        self.wildcard_filters
+                            .iter()
+                            .filter(|(filter, _)| matches(topic, filter))
+                            .map(|(_, filter_idx)| *filter_idx),
+                    )
                     .collect();
 
                 if !v.is_empty() {
@@ -159,8 +183,16 @@ impl DataLog {
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                if is_wildcard(filter) {
+                    self.wildcard_filters.push((filter.to_owned(), idx));
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                } else if let Some(filters) = publish_filters.get_mut(filter) {
+                    // YIJIAN PATCH: an exact filter can only match the topic equal to it.
+                    if matches(filter, filter) {
                         filters.push(idx);
                     }
                 }
@@ -272,6 +304,28 @@ impl DataLog {
     pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
         trace!(info = "reading retain msg", filter = &filter);
         let now = Instant::now();
+
+        // YIJIAN PATCH: a filter without wildcards matches only its own topic. Look it up
+        // instead of scanning (and expiring) every retained message: with one retained status
+        // per device, the scan made every new subscription O(devices) and a ramp O(devices²).
+        if !filter.contains(['+', '#']) {
+            let Some(pubdata) = self.retained_publishes.get_mut(filter) else {
+                return Vec::new();
+            };
+            if let Some(expiry) = pubdata
+                .properties
+                .as_mut()
+                .and_then(|p| p.message_expiry_interval.as_mut())
+            {
+                let time_spent = (now - pubdata.timestamp).as_secs() as u32;
+                if time_spent >= *expiry {
+                    self.retained_publishes.remove(filter);
+                    return Vec::new();
+                }
+                *expiry -= time_spent;
+            }
+            return vec![(pubdata.publish.clone(), pubdata.properties.clone())];
+        }
 
         // discard expired retained messages
         self.retained_publishes.retain(|_, pubdata| {
