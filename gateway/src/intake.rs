@@ -1,6 +1,14 @@
 //! Stage 2 of the path — intake: the gateway's MQTT subscribers. Decode, validate, look up the
-//! device, ask the rules, hand the press to the journal, and acknowledge to the broker in
-//! receive order once the journal has answered.
+//! device, ask the rules, hand the press to the journal's queue, acknowledge to the broker in
+//! receive order, and — once the journal has committed — answer the device and hand the request
+//! to dispatch.
+//!
+//! NOTE: the PUBACK goes out when the press is queued for the journal, not after its commit.
+//! The embedded broker's memory dies with the gateway, so a commit-gated ack adds no safety:
+//! what guarantees a press is the device keeping it until `received` (sent only after the
+//! commit) and the journal's unique key (DESIGN §5). Gating it would cap intake at 100 presses
+//! (rumqttd's fixed window) per commit latency. A full journal queue still stops the acks and
+//! so pushes back on the broker.
 //!
 //! Presses and statuses arrive on two separate connections: rumqttd's outgoing QoS 1 window is
 //! fixed at 100 per connection and acks must come in order, so heartbeats must never queue
@@ -16,9 +24,8 @@ use crate::rules::{Action, AttrValue, PressContext, RuleSet};
 use crate::store::{PressAction, PressEntry, PressOutcome, Store, StoreError};
 use crate::telemetry;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -43,19 +50,22 @@ pub struct IntakeContext {
     pub cancel_window_ms: i64,
 }
 
-/// The journal's pending answer to one publish, kept in receive order.
+/// A press waiting for the journal's commit, kept in receive order.
 struct Pending {
-    publish: Publish,
-    generation: u64,
-    work: Work,
+    rx: oneshot::Receiver<Result<PressOutcome, StoreError>>,
+    started: Instant,
+    gesture: Gesture,
+    /// `device_id \0 press_id`, in [`Queued`] until the commit answers.
+    key: String,
 }
 
-enum Work {
-    /// Nothing to wait for (rejected, or the journal refused at once).
-    Done,
-    /// Waiting for the journal's commit.
-    Press { rx: oneshot::Receiver<Result<PressOutcome, StoreError>>, started: Instant, gesture: Gesture },
-}
+/// Presses queued for the journal and not yet committed. A device retransmits every 5 s until
+/// it hears `received`; when the gateway is slower than that, each copy would be journaled (and
+/// answered) again, adding load exactly when there is least room: a retransmission storm feeding
+/// on itself. A copy of a press still in this set is dropped — the original's `received` answers
+/// the device. Copies arriving after the commit go to the journal as usual and get the current
+/// state back.
+type Queued = Arc<Mutex<HashSet<String>>>;
 
 /// Connect the press subscriber and run it until `shutdown`. Returns once the subscription
 /// exists (so devices may be admitted); the loop keeps running in the background.
@@ -66,9 +76,9 @@ pub async fn start_presses(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, rumqttc::ConnectionError> {
     let (client, mut events) = subscriber(cfg, broker::GATEWAY_PRESS_CLIENT, secret, topic::PRESS_FILTER).await?;
-    let generation = Arc::new(AtomicU64::new(1));
-    let (ack_tx, ack_rx) = mpsc::channel::<Pending>(1024);
-    let acker = tokio::spawn(acker(ack_rx, client.clone(), generation.clone(), ctx.clone()));
+    let (pending_tx, pending_rx) = mpsc::channel::<Pending>(4096);
+    let queued: Queued = Arc::default();
+    let responder = tokio::spawn(responder(pending_rx, ctx.clone(), queued.clone()));
     Ok(tokio::spawn(async move {
         loop {
             let ev = tokio::select! {
@@ -77,16 +87,19 @@ pub async fn start_presses(
             };
             match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let work = take_press(&ctx, &p).await;
-                    let pending = Pending { publish: p, generation: generation.load(Ordering::Acquire), work };
-                    if ack_tx.send(pending).await.is_err() {
-                        break;
+                    let pending = take_press(&ctx, &queued, &p).await;
+                    // In receive order, on the connection that delivered it. At most 100
+                    // publishes are unacked at once, so this 1024-slot queue always has room.
+                    if let Err(e) = client.try_ack(&p) {
+                        tracing::debug!(error = %e, "press ack not sent");
+                    }
+                    if let Some(pending) = pending {
+                        if pending_tx.send(pending).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    // Acks from before the reconnect must not be sent: the broker will redeliver
-                    // those publishes under new packet ids, and the journal dedupes them.
-                    generation.fetch_add(1, Ordering::AcqRel);
                     if !ack.session_present {
                         let _ = client.try_subscribe(topic::PRESS_FILTER, QoS::AtLeastOnce);
                     }
@@ -102,8 +115,8 @@ pub async fn start_presses(
                 }
             }
         }
-        drop(ack_tx);
-        let _ = acker.await;
+        drop(pending_tx);
+        let _ = responder.await;
     }))
 }
 
@@ -124,13 +137,14 @@ async fn subscriber(
     }
 }
 
-/// Decode and validate one press publish and hand it to the journal.
-async fn take_press(ctx: &IntakeContext, p: &Publish) -> Work {
+/// Decode and validate one press publish and queue it for the journal. `None` when it was
+/// answered at once (rejected) or could not be queued.
+async fn take_press(ctx: &IntakeContext, queued: &Queued, p: &Publish) -> Option<Pending> {
     let started = Instant::now();
     let Some((device_id, _)) = topic::parse(&p.topic) else {
         // The ACL makes this unreachable for devices; count it anyway.
         telemetry::press_rejected(RejectReason::BadTopic, None, "topic outside yijian/v1/devices/{id}/press");
-        return Work::Done;
+        return None;
     };
     let device_id = device_id.to_owned();
     let (press, unknown) = match decode_press(&p.payload) {
@@ -138,7 +152,7 @@ async fn take_press(ctx: &IntakeContext, p: &Publish) -> Work {
         Err(r) => {
             telemetry::press_rejected(r.reason, Some(&device_id), &r.message);
             ctx.feedback.send(&device_id, &Feedback::rejected(r.press_id, r.message, now_ms())).await;
-            return Work::Done;
+            return None;
         }
     };
     if unknown > 0 {
@@ -148,8 +162,13 @@ async fn take_press(ctx: &IntakeContext, p: &Publish) -> Work {
         let msg = format!("device {device_id} is not registered");
         telemetry::press_rejected(RejectReason::UnknownDevice, Some(&device_id), &msg);
         ctx.feedback.send(&device_id, &Feedback::rejected(Some(press.id), msg, now_ms())).await;
-        return Work::Done;
+        return None;
     };
+    let key = format!("{device_id}\0{}", press.id);
+    if !queued.lock().expect("queued lock is never poisoned").insert(key.clone()) {
+        telemetry::press_received(press.gesture, "duplicate");
+        return None;
+    }
     let intake_at = now_ms();
     if (intake_at - press.at).abs() > SKEW_MS {
         telemetry::press_clock_skew();
@@ -179,35 +198,29 @@ async fn take_press(ctx: &IntakeContext, p: &Publish) -> Work {
         intake_at,
     };
     match ctx.store.submit_press(entry).await {
-        Ok(rx) => Work::Press { rx, started, gesture },
+        Ok(rx) => Some(Pending { rx, started, gesture, key }),
         Err(e) => {
+            queued.lock().expect("queued lock is never poisoned").remove(&key);
             telemetry::store_error("press", &e);
             telemetry::press_received(gesture, "store_error");
-            Work::Done
+            None
         }
     }
 }
 
-/// Wait for each journal answer in receive order, act on it, then PUBACK the publish.
-async fn acker(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, generation: Arc<AtomicU64>, ctx: Arc<IntakeContext>) {
-    while let Some(p) = rx.recv().await {
-        if let Work::Press { rx, started, gesture } = p.work {
-            match rx.await {
-                Ok(Ok(outcome)) => after_commit(&ctx, outcome, started, gesture).await,
-                Ok(Err(e)) => {
-                    // No `received`: the device keeps the press and retransmits it.
-                    tracing::warn!(error = %e, "press not journaled; the device will retransmit");
-                    telemetry::press_received(gesture, "store_error");
-                }
-                Err(_) => telemetry::press_received(gesture, "store_error"),
+/// Wait for each journal answer in receive order and act on it.
+async fn responder(mut rx: mpsc::Receiver<Pending>, ctx: Arc<IntakeContext>, queued: Queued) {
+    while let Some(Pending { rx, started, gesture, key }) = rx.recv().await {
+        let result = rx.await;
+        queued.lock().expect("queued lock is never poisoned").remove(&key);
+        match result {
+            Ok(Ok(outcome)) => after_commit(&ctx, outcome, started, gesture).await,
+            Ok(Err(e)) => {
+                // No `received`: the device keeps the press and retransmits it.
+                tracing::warn!(error = %e, "press not journaled; the device will retransmit");
+                telemetry::press_received(gesture, "store_error");
             }
-        }
-        // The device's retransmission, not the broker, guarantees delivery: ack even when the
-        // journal failed, so one bad moment cannot stall the 100-message window for everyone.
-        if p.generation == generation.load(Ordering::Acquire) {
-            if let Err(e) = client.ack(&p.publish).await {
-                tracing::debug!(error = %e, "ack not sent");
-            }
+            Err(_) => telemetry::press_received(gesture, "store_error"),
         }
     }
 }

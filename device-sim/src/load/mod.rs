@@ -93,6 +93,7 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
 
     let mut steps = Vec::new();
     let press_started = Instant::now();
+    let cpu_before = opts.gateway_pid.and_then(report::cpu_seconds);
     match opts.max_rate {
         None => {
             let step = press_phase(&opts, opts.rate, opts.duration, &fleet, &tracker).await;
@@ -126,6 +127,7 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
         }
     }
     let press_elapsed = press_started.elapsed();
+    let cpu = opts.gateway_pid.and_then(report::cpu_seconds).zip(cpu_before).map(|(a, b)| a - b);
     stop.cancel();
     fleet.disconnect().await;
 
@@ -148,6 +150,7 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
         rss_after_connect,
         opts.gateway_pid.and_then(report::rss_kb),
         opts.gateway_pid.and_then(report::peak_rss_kb),
+        cpu,
     ))
 }
 

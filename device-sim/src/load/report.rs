@@ -72,6 +72,10 @@ pub struct Report {
     pub gateway_rss_kb_after_connect: Option<u64>,
     pub gateway_rss_kb_at_end: Option<u64>,
     pub gateway_peak_rss_kb: Option<u64>,
+    /// Gateway CPU seconds (user + system) spent while pressing and draining.
+    pub gateway_cpu_seconds: Option<f64>,
+    /// Gateway CPU seconds per 1,000 presses sent.
+    pub gateway_cpu_s_per_1000_presses: Option<f64>,
 }
 
 impl Report {
@@ -91,6 +95,7 @@ impl Report {
         rss_connect: Option<u64>,
         rss_end: Option<u64>,
         rss_peak: Option<u64>,
+        cpu_seconds: Option<f64>,
     ) -> Report {
         let max_rate_held = opts.max_rate.and_then(|limit| {
             steps
@@ -121,6 +126,10 @@ impl Report {
             gateway_rss_kb_after_connect: rss_connect,
             gateway_rss_kb_at_end: rss_end,
             gateway_peak_rss_kb: rss_peak,
+            gateway_cpu_seconds: cpu_seconds,
+            gateway_cpu_s_per_1000_presses: cpu_seconds
+                .filter(|_| integrity.presses > 0)
+                .map(|c| c * 1000.0 / integrity.presses as f64),
         }
     }
 
@@ -172,6 +181,9 @@ impl fmt::Display for Report {
         if let (Some(a), Some(e), Some(p)) = (self.gateway_rss_kb_after_connect, self.gateway_rss_kb_at_end, self.gateway_peak_rss_kb) {
             writeln!(f, "gateway RSS: {:.1} MiB after connect, {:.1} MiB at end, peak {:.1} MiB", a as f64 / 1024.0, e as f64 / 1024.0, p as f64 / 1024.0)?;
         }
+        if let (Some(c), Some(k)) = (self.gateway_cpu_seconds, self.gateway_cpu_s_per_1000_presses) {
+            writeln!(f, "gateway CPU: {c:.1} s while pressing and draining, {k:.3} s per 1,000 presses")?;
+        }
         write!(f, "result: {}", if self.ok() { "OK — nothing lost, nothing doubled" } else { "FAILED — presses lost or doubled" })
     }
 }
@@ -179,6 +191,16 @@ impl fmt::Display for Report {
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU seconds a process has used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Resident memory of a process, KiB.
