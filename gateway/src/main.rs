@@ -181,9 +181,22 @@ fn serve(cfg: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen for HTTP on {}: {e}", cfg.http.listen))?;
         let gateway = Gateway::start(cfg, http).await.map_err(|e| e.to_string())?;
+        reload_on_sighup(gateway.rules.clone());
         gateway.run_until(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// `kill -HUP`: reload the rules (kept as they are if the new ones fail their check).
+fn reload_on_sighup(rules: std::sync::Arc<yijian_gateway::rules::reload::Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let r = rules.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -49,6 +49,7 @@ pub fn route(c: &mut Config, service: &str, backends: &[&str], attempt_timeout_m
             backends: backends.iter().map(|s| s.to_string()).collect(),
             attempt_timeout_ms: Some(attempt_timeout_ms),
             deadline_s: Some(deadline_s),
+            notify_contacts: None,
         },
     );
 }
