@@ -1,5 +1,9 @@
-//! The CLI's subcommands other than `serve`: device registration, rule checks, configuration.
+//! The CLI's subcommands other than `serve`: device registration, rule checks, configuration;
+//! [`residents`] (import, show, bind) and [`explain`] (`rules explain`) beside this file.
 //! They work on the same data directory as a running gateway (SQLite WAL allows it).
+
+pub mod explain;
+pub mod residents;
 
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
@@ -25,6 +29,19 @@ impl From<std::io::Error> for AdminError {
     fn from(e: std::io::Error) -> Self {
         AdminError(format!("cannot write output: {e}"))
     }
+}
+
+/// The journal, which must exist already (commands that only read or change what is there
+/// should not leave an empty journal behind a typo in `--data-dir`).
+pub(crate) fn open_existing(cfg: &Config) -> Result<rusqlite::Connection, AdminError> {
+    let path = cfg.db_path();
+    if !path.exists() {
+        return Err(AdminError(format!(
+            "no journal at {} (wrong --data-dir? `devices add` or the gateway creates it)",
+            path.display()
+        )));
+    }
+    Ok(store::open_rw(&path)?)
 }
 
 fn profile_problem(p: &str) -> Option<&'static str> {
@@ -59,6 +76,10 @@ pub fn devices_add(
     let conn = store::open_rw(&cfg.db_path())?;
     let secret = devices::new_secret();
     store::read::add_device(&conn, device_id, &devices::digest(&secret), profile, resident, now_ms())?;
+    let unknown_resident = match resident {
+        Some(r) => crate::residents::load(&conn, r)?.is_none(),
+        None => false,
+    };
     if json {
         writeln!(out, "{}", serde_json::json!({"device_id": device_id, "secret": secret, "profile": profile, "resident_id": resident}))?;
     } else {
@@ -66,6 +87,9 @@ pub fn devices_add(
         writeln!(out, "secret: {secret}")?;
         writeln!(out, "The secret is shown only this once; it is stored as a SHA-256 digest.")?;
         writeln!(out, "The device connects with client id and username {device_id} and this secret as password.")?;
+        if let (true, Some(r)) = (unknown_resident, resident) {
+            writeln!(out, "Note: resident {r} is not on record yet; until it is imported (residents import FILE) presses are dispatched as resident_unknown.")?;
+        }
     }
     Ok(())
 }
