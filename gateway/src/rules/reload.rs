@@ -251,3 +251,70 @@ pub fn watch(reloader: Arc<Reloader>, every: Duration, shutdown: CancellationTok
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FALLBACK: &str = "[fallback]\nservice = \"rescue\"\npriority = \"urgent\"\n";
+
+    fn rule(name: &str) -> String {
+        format!("[[rule]]\nname = \"{name}\"\ngesture = \"double\"\nservice = \"taxi\"\npriority = \"routine\"\n\n{FALLBACK}")
+    }
+
+    fn first_rule(r: &Reloader) -> String {
+        let set = r.current();
+        let attrs = Default::default();
+        let ctx = crate::rules::PressContext {
+            profile: "one-button",
+            button: "main",
+            gesture: yijian_wire::Gesture::Double,
+            local_minutes: None,
+            attributes: &attrs,
+        };
+        set.evaluate(&ctx).rule.name.to_string()
+    }
+
+    #[test]
+    fn the_watcher_waits_for_files_to_settle_and_refuses_a_bad_set_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("rules.toml");
+        std::fs::write(&file, rule("one")).expect("write");
+        let (r, _) = Reloader::start(Some(dir.path().to_owned())).expect("valid set");
+        let mut previous = r.tried.lock().unwrap().clone();
+
+        r.poll(&mut previous);
+        assert_eq!(r.subscribe().borrow().attempts, 0, "nothing changed, nothing done");
+
+        std::fs::write(&file, rule("two")).expect("write");
+        r.poll(&mut previous);
+        assert_eq!(first_rule(&r), "one", "a change seen once may still be being written");
+        r.poll(&mut previous);
+        assert_eq!(first_rule(&r), "two", "seen twice the same: loaded");
+        assert_eq!(r.subscribe().borrow().generation, 1);
+
+        std::fs::write(&file, "[[rule]]\nname = \"three\"\n").expect("write");
+        r.poll(&mut previous);
+        r.poll(&mut previous);
+        r.poll(&mut previous);
+        let status = r.subscribe().borrow().clone();
+        assert_eq!(status.attempts, 2, "refused once, not at every poll: {status:?}");
+        assert!(matches!(status.last, Some(Outcome::Refused(ref why)) if why.contains("rule \"three\"")), "{status:?}");
+        assert_eq!(first_rule(&r), "two", "the old set stays");
+
+        // SIGHUP reloads even what the watcher has already seen.
+        std::fs::write(&file, rule("four")).expect("write");
+        assert!(matches!(r.reload("test"), Outcome::Loaded { rules: 1, .. }));
+        assert_eq!(first_rule(&r), "four");
+        r.poll(&mut previous);
+        r.poll(&mut previous);
+        assert_eq!(r.subscribe().borrow().generation, 2, "the watcher does not load it a second time");
+    }
+
+    #[test]
+    fn builtin_rules_have_nothing_to_reload() {
+        let (r, desc) = Reloader::start(None).expect("built-in rules");
+        assert!(desc.contains("built-in"), "{desc}");
+        assert_eq!(r.reload("test"), Outcome::Builtin);
+    }
+}

@@ -181,3 +181,54 @@ pub(super) fn backend_of(c: &Connection, request_id: &str) -> Result<Option<Stri
         .optional()?
         .flatten())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use yijian_wire::{Gesture, Press, Priority};
+
+    fn entry(press_id: &str, gesture: Gesture, action: PressAction, at: i64) -> PressEntry {
+        PressEntry {
+            device_id: "d-1".into(),
+            press: Press { id: press_id.into(), button: "main".into(), gesture, at, battery: None },
+            action,
+            rule: "test".into(),
+            resident_id: None,
+            intake_at: at,
+        }
+    }
+
+    fn taxi() -> PressAction {
+        PressAction::Request { service: Service::Taxi, priority: Priority::Routine, tags: vec![] }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_window_includes_its_last_millisecond_and_not_one_more() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("j.db"), 16).expect("journal");
+        let window = 120_000;
+        let t0 = 1_764_324_000_000;
+        let PressOutcome::Created(first) = store.press(entry("p1", Gesture::Double, taxi(), t0)).await.expect("press") else {
+            panic!("a request")
+        };
+        let cancel = PressAction::Cancel { window_ms: window };
+        match store.press(entry("c1", Gesture::Long, cancel.clone(), t0 + window)).await.expect("press") {
+            PressOutcome::Cancelled { notice, .. } => assert_eq!(notice.request_id.as_deref(), Some(first.id.as_str())),
+            other => panic!("inside the window: {other:?}"),
+        }
+        let t1 = t0 + 10 * window;
+        store.press(entry("p2", Gesture::Double, taxi(), t1)).await.expect("press");
+        match store.press(entry("c2", Gesture::Long, cancel, t1 + window + 1)).await.expect("press") {
+            PressOutcome::NothingToCancel(n) => assert_eq!(n.request_id, None),
+            other => panic!("after the window: {other:?}"),
+        }
+        // A retransmitted cancel press gets the same answer, and cancels nothing more.
+        match store.press(entry("c1", Gesture::Long, PressAction::Cancel { window_ms: window }, t1 + 5)).await.expect("press") {
+            PressOutcome::Duplicate(n) => {
+                assert_eq!((n.state, n.request_id.as_deref()), (FeedbackState::Cancelled, Some(first.id.as_str())))
+            }
+            other => panic!("a duplicate: {other:?}"),
+        }
+    }
+}
