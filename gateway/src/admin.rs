@@ -156,6 +156,9 @@ pub fn rules_check(dir: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
 pub fn config_check(path: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
     let cfg = Config::load(path).map_err(|e| AdminError(e.to_string()))?;
     writeln!(out, "{}: valid", path.display())?;
+    let zone = if cfg.rules.time_zone.is_empty() { "none (local time unknown without a resident's own)" } else { &cfg.rules.time_zone };
+    writeln!(out, "  rules: default time zone {zone}, cancel window {} s", cfg.rules.cancel_window_s)?;
+    writeln!(out, "  contacts notified through: {}", cfg.notify.backend.as_deref().unwrap_or("nobody ([notify] backend not set)"))?;
     for s in yijian_wire::Service::ALL {
         let r = cfg.route(*s);
         writeln!(out, "  {s}: {} (attempt timeout {} ms, deadline {} s)", r.backends.join(" → "), r.attempt_timeout.as_millis(), r.deadline.as_secs())?;

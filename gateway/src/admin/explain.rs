@@ -170,7 +170,7 @@ fn load(cfg: &Config, out: &mut dyn Write) -> Result<(RuleSet, String), AdminErr
     }
 }
 
-fn zone<'a>(cfg: &Config, args: &ExplainArgs, info: Option<&ResidentInfo>) -> Result<Option<(TimeZone, String)>, AdminError> {
+fn zone(cfg: &Config, args: &ExplainArgs, info: Option<&ResidentInfo>) -> Result<Option<(TimeZone, String)>, AdminError> {
     let named = |name: &str| -> Result<(TimeZone, String), AdminError> {
         TimeZone::get(name)
             .map(|z| (z, name.to_owned()))

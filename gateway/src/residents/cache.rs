@@ -91,13 +91,13 @@ impl Residents {
 /// resident cache and the device directory (a binding may have moved).
 pub fn watch(residents: Residents, directory: Directory, every: Duration, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut seen = residents.store.read(|c| super::version(c)).await.ok();
+        let mut seen = residents.store.read(super::version).await.ok();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(every) => {}
             }
-            match residents.store.read(|c| super::version(c)).await {
+            match residents.store.read(super::version).await {
                 Ok(v) if Some(v) != seen => {
                     seen = Some(v);
                     residents.clear();

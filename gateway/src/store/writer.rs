@@ -584,7 +584,15 @@ fn dispatched(
         // all: a cancelled request is called off there too.
         event(c, request_id, at, "dispatched_late", None, Some(json!({"backend": backend, "ref": reference})))?;
         if cur.state == RequestState::Cancelled {
-            followup::queue_cancel(c, request_id, backend, "resident", at)?;
+            let by: Option<String> = c
+                .prepare_cached(
+                    "SELECT json_extract(detail, '$.by') FROM request_events
+                     WHERE request_id = ?1 AND kind = 'cancelled' ORDER BY seq DESC LIMIT 1",
+                )?
+                .query_row(params![request_id], |r| r.get(0))
+                .optional()?
+                .flatten();
+            followup::queue_cancel(c, request_id, backend, by.as_deref().unwrap_or("resident"), at)?;
         }
         return Ok(None);
     }
