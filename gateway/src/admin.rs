@@ -46,9 +46,9 @@ pub(crate) fn open_existing(cfg: &Config) -> Result<rusqlite::Connection, AdminE
 
 fn profile_problem(p: &str) -> Option<&'static str> {
     let ok = !p.is_empty()
-        && p.len() <= 32
+        && p.len() <= 64
         && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    (!ok).then_some("profile must be 1-32 characters of a-z, 0-9, '-' and '_'")
+    (!ok).then_some("profile must be 1-64 characters of a-z, 0-9, '-' and '_'")
 }
 
 /// `devices add ID [--profile P] [--resident R] [--json]`: register a device and print its new
