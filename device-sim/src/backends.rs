@@ -2,6 +2,11 @@
 //! with an Idempotency-Key. A key seen before is answered 409 and not counted twice. Each
 //! backend can be told how to behave (accept, fail with a status, delay, hang), so tests can
 //! drive every failure the gateway must survive.
+//!
+//! The cancellation contract too: `POST /{backend}/{request_id}/cancel` with
+//! `Idempotency-Key: {request_id}:cancel` is answered 200 for a request the backend took,
+//! 404 for one it never took, 409 for a repeated key. A notification webhook (an SMS
+//! gateway) is just another `POST /{backend}`: its calls are in [`MockBackends::received`].
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -83,6 +88,13 @@ struct Inner {
     /// Per-backend standing behaviour.
     standing: HashMap<String, Behaviour>,
     counter: u64,
+    /// Cancellations taken (first time their key was seen), in arrival order.
+    cancels: Vec<Received>,
+    /// Every cancellation attempt, accepted or not.
+    cancel_hits: Vec<Hit>,
+    cancel_keys: HashSet<(String, String)>,
+    /// Per-backend queue of behaviours for the next cancellations.
+    cancel_scripts: HashMap<String, VecDeque<Behaviour>>,
 }
 
 /// Options of `yijian-sim backends`.
@@ -129,6 +141,7 @@ impl MockBackends {
         let app = Router::new()
             .route("/received", get(list_all))
             .route("/:backend", post(take))
+            .route("/:backend/:request/cancel", post(take_cancel))
             .with_state(m.clone());
         let stop = m.stop.clone();
         tokio::spawn(async move {
@@ -182,6 +195,21 @@ impl MockBackends {
         self.inner.lock().expect("lock").duplicates
     }
 
+    /// Queue behaviours for `backend`'s next cancellations (then: answer by the contract).
+    pub fn script_cancel(&self, backend: &str, bs: impl IntoIterator<Item = Behaviour>) {
+        self.inner.lock().expect("lock").cancel_scripts.entry(backend.to_owned()).or_default().extend(bs);
+    }
+
+    /// Cancellations taken (unique keys), in arrival order; `key` is the Idempotency-Key.
+    pub fn cancels(&self) -> Vec<Received> {
+        self.inner.lock().expect("lock").cancels.clone()
+    }
+
+    /// Every cancellation attempt that arrived, in order.
+    pub fn cancel_hits(&self) -> Vec<Hit> {
+        self.inner.lock().expect("lock").cancel_hits.clone()
+    }
+
     /// Stop serving.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -190,7 +218,59 @@ impl MockBackends {
 
 async fn list_all(State(m): State<MockBackends>) -> Json<serde_json::Value> {
     let inner = m.inner.lock().expect("lock");
-    Json(serde_json::json!({"received": inner.received, "duplicates": inner.duplicates, "attempts": inner.attempts}))
+    Json(serde_json::json!({"received": inner.received, "duplicates": inner.duplicates, "attempts": inner.attempts, "cancels": inner.cancels}))
+}
+
+async fn take_cancel(
+    State(m): State<MockBackends>,
+    Path((backend, request)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let arrived_us = epoch_us();
+    let arrived_ms = arrived_us / 1000;
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(key) = header("idempotency-key") else {
+        return (StatusCode::BAD_REQUEST, "missing Idempotency-Key").into_response();
+    };
+    let attempt = header("x-yijian-attempt").and_then(|a| a.parse().ok());
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
+    };
+    let (status, delay) = {
+        let mut inner = m.inner.lock().expect("lock");
+        let scripted = inner.cancel_scripts.get_mut(&backend).and_then(VecDeque::pop_front);
+        let had = inner.keys.contains(&(backend.clone(), request.clone()));
+        let repeated = inner.cancel_keys.contains(&(backend.clone(), key.clone()));
+        let (status, delay) = match scripted {
+            Some(Behaviour::Status(s, _)) => (s, Duration::ZERO),
+            Some(Behaviour::Hang(d)) => (504, d),
+            _ if repeated => (409, Duration::ZERO),
+            _ if !had => (404, Duration::ZERO),
+            _ => (200, Duration::ZERO),
+        };
+        inner.cancel_hits.push(Hit { backend: backend.clone(), key: key.clone(), attempt, arrived_ms, status });
+        if status == 200 {
+            inner.cancel_keys.insert((backend.clone(), key.clone()));
+            inner.cancels.push(Received {
+                backend: backend.clone(),
+                key,
+                attempt,
+                authorization: header("authorization"),
+                arrived_ms,
+                arrived_us,
+                device_id: String::new(),
+                press_id: String::new(),
+                body,
+            });
+        }
+        (status, delay)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, Json(serde_json::json!({"request_id": request, "cancelled": status == 200}))).into_response()
 }
 
 async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, headers: HeaderMap, body: Bytes) -> Response {

@@ -1,5 +1,9 @@
-//! The CLI's subcommands other than `serve`: device registration, rule checks, configuration.
+//! The CLI's subcommands other than `serve`: device registration, rule checks, configuration;
+//! [`residents`] (import, show, bind) and [`explain`] (`rules explain`) beside this file.
 //! They work on the same data directory as a running gateway (SQLite WAL allows it).
+
+pub mod explain;
+pub mod residents;
 
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
@@ -27,11 +31,24 @@ impl From<std::io::Error> for AdminError {
     }
 }
 
+/// The journal, which must exist already (commands that only read or change what is there
+/// should not leave an empty journal behind a typo in `--data-dir`).
+pub(crate) fn open_existing(cfg: &Config) -> Result<rusqlite::Connection, AdminError> {
+    let path = cfg.db_path();
+    if !path.exists() {
+        return Err(AdminError(format!(
+            "no journal at {} (wrong --data-dir? `devices add` or the gateway creates it)",
+            path.display()
+        )));
+    }
+    Ok(store::open_rw(&path)?)
+}
+
 fn profile_problem(p: &str) -> Option<&'static str> {
     let ok = !p.is_empty()
-        && p.len() <= 32
+        && p.len() <= 64
         && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    (!ok).then_some("profile must be 1-32 characters of a-z, 0-9, '-' and '_'")
+    (!ok).then_some("profile must be 1-64 characters of a-z, 0-9, '-' and '_'")
 }
 
 /// `devices add ID [--profile P] [--resident R] [--json]`: register a device and print its new
@@ -59,6 +76,10 @@ pub fn devices_add(
     let conn = store::open_rw(&cfg.db_path())?;
     let secret = devices::new_secret();
     store::read::add_device(&conn, device_id, &devices::digest(&secret), profile, resident, now_ms())?;
+    let unknown_resident = match resident {
+        Some(r) => crate::residents::load(&conn, r)?.is_none(),
+        None => false,
+    };
     if json {
         writeln!(out, "{}", serde_json::json!({"device_id": device_id, "secret": secret, "profile": profile, "resident_id": resident}))?;
     } else {
@@ -66,6 +87,9 @@ pub fn devices_add(
         writeln!(out, "secret: {secret}")?;
         writeln!(out, "The secret is shown only this once; it is stored as a SHA-256 digest.")?;
         writeln!(out, "The device connects with client id and username {device_id} and this secret as password.")?;
+        if let (true, Some(r)) = (unknown_resident, resident) {
+            writeln!(out, "Note: resident {r} is not on record yet; until it is imported (residents import FILE) presses are dispatched as resident_unknown.")?;
+        }
     }
     Ok(())
 }
@@ -166,6 +190,9 @@ pub fn rules_check(dir: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
 pub fn config_check(path: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
     let cfg = Config::load(path).map_err(|e| AdminError(e.to_string()))?;
     writeln!(out, "{}: valid", path.display())?;
+    let zone = if cfg.rules.time_zone.is_empty() { "none (local time unknown without a resident's own)" } else { &cfg.rules.time_zone };
+    writeln!(out, "  rules: default time zone {zone}, cancel window {} s", cfg.rules.cancel_window_s)?;
+    writeln!(out, "  contacts notified through: {}", cfg.notify.backend.as_deref().unwrap_or("nobody ([notify] backend not set)"))?;
     for s in yijian_wire::Service::ALL {
         let r = cfg.route(*s);
         writeln!(out, "  {s}: {} (attempt timeout {} ms, deadline {} s)", r.backends.join(" → "), r.attempt_timeout.as_millis(), r.deadline.as_secs())?;

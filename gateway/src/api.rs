@@ -55,6 +55,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/requests/:id", get(detail))
         .route("/api/v1/requests/:id/ack", post(ack))
         .route("/api/v1/requests/:id/close", post(close))
+        .route("/api/v1/requests/:id/cancel", post(cancel))
         .route("/api/v1/requests/:id/events", post(events))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -129,6 +130,11 @@ fn parse_filter(q: &HashMap<String, String>) -> Result<ListFilter, ApiError> {
             "state" => f.state = Some(v.parse::<RequestState>().map_err(ApiError::bad)?),
             "service" => f.service = Some(v.parse::<Service>().map_err(ApiError::bad)?),
             "device" => f.device_id = Some(v.clone()),
+            "cancel_requested" => {
+                f.cancel_requested = Some(
+                    v.parse::<bool>().map_err(|_| ApiError::bad("cancel_requested must be true or false"))?,
+                )
+            }
             "limit" => {
                 f.limit = v
                     .parse::<u32>()
@@ -138,7 +144,7 @@ fn parse_filter(q: &HashMap<String, String>) -> Result<ListFilter, ApiError> {
             }
             other => {
                 return Err(ApiError::bad(format!(
-                    "unknown query parameter {other:?} (expected state, service, device, limit)"
+                    "unknown query parameter {other:?} (expected state, service, device, cancel_requested, limit)"
                 )))
             }
         }
@@ -172,6 +178,7 @@ async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Jso
     let name = match action {
         OperatorAction::Ack => "ack",
         OperatorAction::Close => "close",
+        OperatorAction::Cancel => "cancel",
     };
     let at = now_ms();
     match s.store.operator(&id, action, at).await {
@@ -179,7 +186,7 @@ async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Jso
             telemetry::operator_action(name, "ok");
             match action {
                 OperatorAction::Ack => telemetry::operator_answer((at - created_at).max(0) as f64 / 1000.0),
-                OperatorAction::Close => s.feedback.notify(&notice).await,
+                OperatorAction::Close | OperatorAction::Cancel => s.feedback.notify(&notice).await,
             }
             tracing::info!(request_id = %id, action = name, "operator action");
             view(&s, id).await
@@ -192,7 +199,7 @@ async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Jso
             telemetry::operator_action(name, "conflict");
             let why = match action {
                 OperatorAction::Ack => format!("only an escalated request can be acknowledged; this one is {state}"),
-                OperatorAction::Close => format!("request is already {state}"),
+                OperatorAction::Close | OperatorAction::Cancel => format!("request is already {state}"),
             };
             Err(ApiError::new(StatusCode::CONFLICT, why))
         }
@@ -209,6 +216,12 @@ async fn ack(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<s
 
 async fn close(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     operator(s, id, OperatorAction::Close).await
+}
+
+/// An operator cancels a request (e.g. after confirming by phone a resident's cancel press on
+/// a rescue already on its way); the backend that accepted it is told.
+async fn cancel(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    operator(s, id, OperatorAction::Cancel).await
 }
 
 /// Body of `POST /api/v1/requests/{id}/events`.

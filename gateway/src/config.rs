@@ -44,6 +44,9 @@ pub struct Config {
     /// HTTP backends by name.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
+    /// Where residents' contacts are notified when a request goes to the desk.
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 /// `[mqtt]`
@@ -98,16 +101,47 @@ pub struct RulesConfig {
     /// How long after a request the cancel gesture may still cancel it, in seconds.
     #[serde(default = "default_cancel_window")]
     pub cancel_window_s: u64,
+    /// IANA time zone of residents with none of their own (and of devices bound to no
+    /// resident): rules' `time` windows are local times. Empty: such presses have no known
+    /// local time, and no rule with `time` matches them.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// How often the rules directory is checked for changed files, in milliseconds; 0 turns
+    /// watching off (SIGHUP still reloads).
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval_ms: u64,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        RulesConfig { dir: None, cancel_window_s: default_cancel_window() }
+        RulesConfig {
+            dir: None,
+            cancel_window_s: default_cancel_window(),
+            time_zone: default_time_zone(),
+            watch_interval_ms: default_watch_interval(),
+        }
     }
 }
 
 fn default_cancel_window() -> u64 {
     120
+}
+fn default_time_zone() -> String {
+    "Asia/Shanghai".to_owned()
+}
+fn default_watch_interval() -> u64 {
+    1000
+}
+
+/// `[notify]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The notification backend (an HTTP webhook, e.g. an SMS gateway), named like a dispatch
+    /// backend under `[backends.NAME]`. Absent: contacts are not notified, and the request's
+    /// history says so.
+    #[serde(default)]
+    pub backend: Option<String>,
 }
 
 /// `[dispatch]`
@@ -132,6 +166,10 @@ pub struct DispatchConfig {
     /// Most requests in dispatch at once.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// How long a backend cancellation or a contact notification is retried before it is
+    /// given up (and the request's history says so), in seconds.
+    #[serde(default = "default_followup_deadline")]
+    pub followup_deadline_s: u64,
 }
 
 /// `[services.NAME]`
@@ -147,6 +185,10 @@ pub struct ServiceConfig {
     /// Seconds from the press until a human operator takes over; the service's default when absent.
     #[serde(default)]
     pub deadline_s: Option<u64>,
+    /// Notify the resident's contacts through `[notify] backend` when a request of this
+    /// service goes to the desk; default true for `rescue`, false for the others.
+    #[serde(default)]
+    pub notify_contacts: Option<bool>,
 }
 
 /// `[backends.NAME]`
@@ -199,6 +241,9 @@ fn default_breaker_cooldown() -> u64 {
 fn default_max_in_flight() -> usize {
     20_000
 }
+fn default_followup_deadline() -> u64 {
+    3600
+}
 
 impl Default for MqttConfig {
     fn default() -> Self {
@@ -232,6 +277,7 @@ impl Default for DispatchConfig {
             breaker_failures: default_breaker_failures(),
             breaker_cooldown_ms: default_breaker_cooldown(),
             max_in_flight: default_max_in_flight(),
+            followup_deadline_s: default_followup_deadline(),
         }
     }
 }
@@ -256,6 +302,8 @@ pub struct ServiceRoute {
     pub attempt_timeout: Duration,
     /// From request creation until escalation to `desk`.
     pub deadline: Duration,
+    /// Whether the resident's contacts are notified when it goes to the desk.
+    pub notify_contacts: bool,
 }
 
 /// Why a configuration cannot be used: every problem found, one per line.
@@ -306,6 +354,7 @@ impl Config {
                 backends: vec![DESK.to_owned()],
                 attempt_timeout_ms: None,
                 deadline_s: None,
+                notify_contacts: None,
             });
         }
     }
@@ -359,11 +408,25 @@ impl Config {
         if self.dispatch.backoff_initial_ms > self.dispatch.backoff_max_ms {
             p.push("[dispatch]: backoff_initial_ms must not exceed backoff_max_ms".into());
         }
+        if self.dispatch.followup_deadline_s == 0 {
+            p.push("[dispatch]: followup_deadline_s must be greater than 0".into());
+        }
         if self.dispatch.max_in_flight == 0 {
             p.push("[dispatch]: max_in_flight must be greater than 0".into());
         }
         if self.mqtt.max_payload_size < 1024 {
             p.push("[mqtt]: max_payload_size must be at least 1024 bytes".into());
+        }
+        if !self.rules.time_zone.is_empty() && jiff::tz::TimeZone::get(&self.rules.time_zone).is_err() {
+            p.push(format!(
+                "[rules]: time_zone {:?} is not a known IANA time zone (e.g. Asia/Shanghai, UTC)",
+                self.rules.time_zone
+            ));
+        }
+        if let Some(b) = &self.notify.backend {
+            if b == DESK || !self.backends.contains_key(b) {
+                p.push(format!("[notify]: backend \"{b}\" is not defined under [backends.{b}]"));
+            }
         }
         if let Some(url) = &self.http.public_url {
             if reqwest::Url::parse(url).is_err() {
@@ -381,6 +444,7 @@ impl Config {
             backends: svc.map(|s| s.backends.clone()).unwrap_or_else(|| vec![DESK.to_owned()]),
             attempt_timeout: Duration::from_millis(svc.and_then(|s| s.attempt_timeout_ms).unwrap_or(timeout)),
             deadline: Duration::from_secs(svc.and_then(|s| s.deadline_s).unwrap_or(deadline)),
+            notify_contacts: svc.and_then(|s| s.notify_contacts).unwrap_or(service == Service::Rescue),
         }
     }
 

@@ -78,6 +78,11 @@ impl Directory {
         Ok(rec.filter(|r| r.revoked_at.is_none()))
     }
 
+    /// Forget every cached device (a binding changed in the journal).
+    pub fn clear(&self) {
+        self.cache.write().expect("directory lock is never poisoned").clear();
+    }
+
     /// What intake needs about `device_id`: from the cache, else the journal.
     pub fn info(&self, device_id: &str) -> Option<DeviceInfo> {
         if let Some(i) = self.cache.read().expect("directory lock is never poisoned").get(device_id) {

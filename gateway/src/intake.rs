@@ -20,7 +20,8 @@ use crate::config::MqttConfig;
 use crate::devices::Directory;
 use crate::dispatch::DispatchHandle;
 use crate::feedback::{self, FeedbackSender};
-use crate::rules::{Action, AttrValue, PressContext, RuleSet};
+use crate::residents::{Residents, RESIDENT_UNKNOWN_TAG};
+use crate::rules::{local_minutes_in, Action, AttrValue, PressContext, RuleSet};
 use crate::store::{PressAction, PressEntry, PressOutcome, Store, StoreError};
 use crate::telemetry;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
@@ -34,12 +35,18 @@ use yijian_wire::{decode_press, decode_status, topic, Feedback, Gesture, RejectR
 /// A device clock further than this from the gateway's is counted as skewed.
 const SKEW_MS: i64 = 24 * 3600 * 1000;
 
+/// The attributes of a press with no resident on record: none, so `resident = {..}` rules
+/// do not match.
+static NO_ATTRIBUTES: BTreeMap<String, AttrValue> = BTreeMap::new();
+
 /// Everything intake needs; shared by both subscribers.
 pub struct IntakeContext {
     /// The journal.
     pub store: Store,
     /// Registered devices.
     pub directory: Directory,
+    /// Residents' attributes and time zones, for the rules.
+    pub residents: Residents,
     /// The current rule set; swapped whole on reload, so a press sees one complete set.
     pub rules: Arc<RwLock<Arc<RuleSet>>>,
     /// Feedback publisher.
@@ -173,19 +180,30 @@ async fn take_press(ctx: &IntakeContext, queued: &Queued, p: &Publish) -> Option
     if (intake_at - press.at).abs() > SKEW_MS {
         telemetry::press_clock_skew();
     }
+    let resident = device.resident_id.as_deref().and_then(|id| ctx.residents.info(id));
+    // The rules judge a press by when it was pressed, in the resident's home zone; a device
+    // clock that is far off is not believed.
+    let pressed_at = if (intake_at - press.at).abs() > SKEW_MS { intake_at } else { press.at };
+    let local_minutes = ctx.residents.zone(resident.as_deref()).and_then(|z| local_minutes_in(pressed_at, z));
     let decision = {
+        // One complete rule set for this press: a reload swaps the Arc, never the set inside.
         let rules = ctx.rules.read().expect("rules lock is never poisoned").clone();
-        let attributes: BTreeMap<String, AttrValue> = BTreeMap::new();
         rules.evaluate(&PressContext {
             profile: &device.profile,
             button: &press.button,
             gesture: press.gesture,
-            local_minutes: None,
-            attributes: &attributes,
+            local_minutes,
+            attributes: resident.as_ref().map_or(&NO_ATTRIBUTES, |r| &r.attributes),
         })
     };
     let action = match decision.action {
-        Action::Request { service, priority, tags } => PressAction::Request { service, priority, tags },
+        Action::Request { service, priority, mut tags } => {
+            // Never dropped for want of a resident: the backend is told it must ask.
+            if resident.is_none() && !tags.iter().any(|t| t == RESIDENT_UNKNOWN_TAG) {
+                tags.push(RESIDENT_UNKNOWN_TAG.to_owned());
+            }
+            PressAction::Request { service, priority, tags }
+        }
         Action::Cancel => PressAction::Cancel { window_ms: ctx.cancel_window_ms },
     };
     let gesture = press.gesture;
@@ -250,6 +268,7 @@ async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Insta
         }
         PressOutcome::Cancelled { notice, backend } => {
             telemetry::press_received(gesture, "cancel");
+            telemetry::cancel("cancelled");
             if let Some(rid) = &notice.request_id {
                 tracing::info!(request_id = %rid, device_id = %notice.device_id, "request cancelled by the resident");
                 ctx.dispatch.cancel(rid, backend);
@@ -258,6 +277,17 @@ async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Insta
         }
         PressOutcome::NothingToCancel(notice) => {
             telemetry::press_received(gesture, "cancel");
+            telemetry::cancel("nothing_open");
+            ctx.feedback.notify(&notice).await;
+        }
+        PressOutcome::CancelFlagged(notice) => {
+            telemetry::press_received(gesture, "cancel");
+            telemetry::cancel("flagged");
+            tracing::warn!(
+                request_id = ?notice.request_id,
+                device_id = %notice.device_id,
+                "the resident asked to cancel a rescue already on its way; an operator must confirm by phone"
+            );
             ctx.feedback.notify(&notice).await;
         }
     }

@@ -12,7 +12,9 @@
 //!
 //! - [`broker`]: embedded rumqttd, device authentication, per-device topic ACL.
 //! - [`intake`]: the gateway's MQTT subscribers; acks in receive order after the journal.
-//! - [`rules`]: what a press becomes (service + priority, or cancel).
+//! - [`rules`]: what a press becomes (service + priority, or cancel); hot-reloaded.
+//! - [`residents`]: who is behind a device: attributes and time zone for the rules, the
+//!   record for the backend, contacts to notify.
 //! - [`store`]: SQLite journal with group commit; `received` is sent only after its commit.
 //! - [`dispatch`]: the backend contract, retries, circuit breakers, escalation.
 //! - [`feedback`]: messages back to the device.
@@ -31,6 +33,7 @@ pub mod devices;
 pub mod dispatch;
 pub mod feedback;
 pub mod intake;
+pub mod residents;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
@@ -39,7 +42,7 @@ use config::Config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -76,27 +79,6 @@ pub fn rules_source(cfg: &Config) -> Option<PathBuf> {
     }
 }
 
-/// Load the rules the configuration asks for (or the built-in ones). Returns the set and a
-/// description of where it came from.
-pub fn load_rules(cfg: &Config) -> Result<(rules::RuleSet, String), StartError> {
-    match rules_source(cfg) {
-        Some(dir) => {
-            let loaded = rules::RuleSet::load_dir(&dir).map_err(|e| StartError::Rules(e.to_string()))?;
-            for w in &loaded.warnings {
-                tracing::warn!("{w}");
-            }
-            let files = loaded.set.files().join(", ");
-            let n = loaded.set.len();
-            Ok((loaded.set, format!("{n} rules from {} ({files})", dir.display())))
-        }
-        None => {
-            let set = rules::RuleSet::default_set();
-            let n = set.len();
-            Ok((set, format!("{n} built-in rules (no ./rules directory)")))
-        }
-    }
-}
-
 /// A running gateway.
 pub struct Gateway {
     /// Where the embedded broker listens.
@@ -107,6 +89,8 @@ pub struct Gateway {
     pub store: store::Store,
     /// Component readiness, as `/readyz` reports it.
     pub ready: Arc<api::Readiness>,
+    /// The live rules: reload them (SIGHUP), watch reloads.
+    pub rules: Arc<rules::reload::Reloader>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     /// Stops the broker's listener thread, and the thread itself.
@@ -118,8 +102,8 @@ impl Gateway {
     pub async fn start(config: Config, http: TcpListener) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
-        let (rule_set, rules_desc) = load_rules(&config)?;
-        let rules = Arc::new(RwLock::new(Arc::new(rule_set)));
+        let (reloader, rules_desc) =
+            rules::reload::Reloader::start(rules_source(&config)).map_err(|e| StartError::Rules(e.to_string()))?;
         let metrics = telemetry::metrics_handle();
         let store = store::Store::open(&config.db_path(), config.store.max_batch)?;
         let ready = Arc::new(api::Readiness::default());
@@ -140,11 +124,24 @@ impl Gateway {
         .await?;
         ready.broker.store(true, Ordering::Release);
 
-        let (dispatch, dispatch_task) = dispatch::start(config.clone(), store.clone(), feedback.clone(), shutdown.clone())?;
+        let (dispatch, dispatch_tasks) = dispatch::start(config.clone(), store.clone(), feedback.clone(), shutdown.clone())?;
+        let residents = residents::Residents::new(store.clone(), &config.rules.time_zone);
+        let watch_every = Duration::from_millis(config.rules.watch_interval_ms);
+        let mut tasks = dispatch_tasks;
+        tasks.push(rules::reload::watch(reloader.clone(), watch_every, shutdown.clone()));
+        // Residents change only by CLI; a second is soon enough even with watching turned off.
+        let residents_every = if watch_every.is_zero() { Duration::from_secs(1) } else { watch_every };
+        tasks.push(residents::cache::watch(residents.clone(), directory.clone(), residents_every, shutdown.clone()));
+        for s in yijian_wire::Service::ALL {
+            if config.route(*s).notify_contacts && config.notify.backend.is_none() {
+                tracing::info!(service = %s, "no [notify] backend: contacts are not notified when requests go to the desk");
+            }
+        }
         let ctx = Arc::new(intake::IntakeContext {
             store: store.clone(),
             directory,
-            rules,
+            residents,
+            rules: reloader.live(),
             feedback: feedback.clone(),
             dispatch: dispatch.clone(),
             cancel_window_ms: config.rules.cancel_window_s as i64 * 1000,
@@ -209,10 +206,23 @@ impl Gateway {
             http_addr,
             store,
             ready,
+            rules: reloader,
             shutdown,
-            tasks: vec![presses, statuses, dispatch_task, replay, http_task],
+            tasks: {
+                tasks.extend([presses, statuses, replay, http_task]);
+                tasks
+            },
             broker: Some((broker_stop, broker_thread)),
         })
+    }
+
+    /// Reload the rules now (as SIGHUP does): the new set if it passes its check, else the
+    /// old one stays. Runs the file reads off the async runtime.
+    pub async fn reload_rules(&self, why: &'static str) -> rules::reload::Outcome {
+        let r = self.rules.clone();
+        tokio::task::spawn_blocking(move || r.reload(why))
+            .await
+            .unwrap_or_else(|e| rules::reload::Outcome::Refused(format!("reload task failed: {e}")))
     }
 
     /// A token that stops the gateway when cancelled.

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use yijian_gateway::config::{Config, DEFAULT_CONFIG, EXAMPLE_BACKENDS_CONFIG};
 use yijian_gateway::telemetry::{self, LogFormat};
+use yijian_gateway::admin::explain::ExplainArgs;
 use yijian_gateway::{admin, Gateway};
+use yijian_wire::Gesture;
 
 /// Yijian (一键): the one-touch elderly service gateway.
 ///
@@ -55,9 +57,12 @@ enum Command {
     /// Register and list devices.
     #[command(subcommand)]
     Devices(DevicesCmd),
-    /// Check routing rules.
+    /// Check routing rules, and explain what they decide for a press.
     #[command(subcommand)]
     Rules(RulesCmd),
+    /// Import and show residents (the people behind the devices).
+    #[command(subcommand)]
+    Residents(ResidentsCmd),
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -97,6 +102,43 @@ enum DevicesCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Bind a registered device to a resident on record.
+    Bind {
+        /// The device.
+        id: String,
+        /// The resident (imported with `residents import`).
+        resident: String,
+    },
+    /// Bind a device to no resident (its presses are dispatched as resident_unknown).
+    Unbind {
+        /// The device.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ResidentsCmd {
+    /// Import residents from a CSV file (with a header row) or a TOML file ([[resident]]
+    /// tables). Every problem is reported with its line; nothing is imported unless the
+    /// whole file is good. Existing residents with the same id are replaced.
+    Import {
+        /// The file: *.csv or *.toml.
+        file: PathBuf,
+    },
+    /// Show one resident: record, devices, time zone.
+    Show {
+        /// The resident's id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List residents.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +147,36 @@ enum RulesCmd {
     Check {
         /// The rules directory.
         dir: PathBuf,
+    },
+    /// Show which rule decides a press and why each earlier rule did not, using the
+    /// configured rules (--rules-dir). With --device, the device's profile and its resident's
+    /// attributes and time zone come from the journal.
+    Explain {
+        /// A registered device.
+        #[arg(long, conflicts_with = "profile")]
+        device: Option<String>,
+        /// The device profile (without --device).
+        #[arg(long)]
+        profile: Option<String>,
+        /// The button label.
+        #[arg(long, default_value = "main")]
+        button: String,
+        /// single | double | triple | long.
+        #[arg(long, default_value = "single")]
+        gesture: Gesture,
+        /// When: RFC 3339 (2026-11-28T22:30:00+08:00), or the resident's local time HH:MM.
+        /// Default: now.
+        #[arg(long)]
+        at: Option<String>,
+        /// A resident on record whose attributes and time zone to use (without --device).
+        #[arg(long)]
+        resident: Option<String>,
+        /// A resident attribute, name=value (repeatable; over the resident's own).
+        #[arg(long = "attr", value_name = "NAME=VALUE")]
+        attrs: Vec<String>,
+        /// Judge the time in this IANA zone instead of the resident's / the default.
+        #[arg(long)]
+        time_zone: Option<String>,
     },
 }
 
@@ -172,6 +244,35 @@ fn main() -> ExitCode {
                 Command::Devices(DevicesCmd::List { json }) => {
                     admin::devices_list(&cfg, json, &mut out).map_err(|e| e.to_string())
                 }
+                Command::Devices(DevicesCmd::Bind { id, resident }) => {
+                    admin::residents::devices_bind(&cfg, &id, Some(&resident), &mut out).map_err(|e| e.to_string())
+                }
+                Command::Devices(DevicesCmd::Unbind { id }) => {
+                    admin::residents::devices_bind(&cfg, &id, None, &mut out).map_err(|e| e.to_string())
+                }
+                Command::Residents(ResidentsCmd::Import { file }) => {
+                    admin::residents::residents_import(&cfg, &file, &mut out).map_err(|e| e.to_string())
+                }
+                Command::Residents(ResidentsCmd::Show { id, json }) => {
+                    admin::residents::residents_show(&cfg, &id, json, &mut out).map_err(|e| e.to_string())
+                }
+                Command::Residents(ResidentsCmd::List { json }) => {
+                    admin::residents::residents_list(&cfg, json, &mut out).map_err(|e| e.to_string())
+                }
+                Command::Rules(RulesCmd::Explain { device, profile, button, gesture, at, resident, attrs, time_zone }) => {
+                    let args = ExplainArgs {
+                        device,
+                        profile,
+                        button: Some(button),
+                        gesture: Some(gesture),
+                        at,
+                        resident,
+                        attrs,
+                        time_zone,
+                    };
+                    admin::explain::rules_explain(&cfg, &args, yijian_gateway::clock::now_ms(), &mut out)
+                        .map_err(|e| e.to_string())
+                }
                 _ => serve(cfg),
             },
         },
@@ -196,9 +297,22 @@ fn serve(cfg: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen for HTTP on {}: {e}", cfg.http.listen))?;
         let gateway = Gateway::start(cfg, http).await.map_err(|e| e.to_string())?;
+        reload_on_sighup(gateway.rules.clone());
         gateway.run_until(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// `kill -HUP`: reload the rules (kept as they are if the new ones fail their check).
+fn reload_on_sighup(rules: std::sync::Arc<yijian_gateway::rules::reload::Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let r = rules.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -57,6 +57,14 @@ pub const STORE_ERRORS_TOTAL: &str = "yijian_store_errors_total";
 pub const CALLBACKS_TOTAL: &str = "yijian_callbacks_total";
 /// `{action,result}`: operator actions on requests.
 pub const OPERATOR_ACTIONS_TOTAL: &str = "yijian_operator_actions_total";
+/// `{result}`: rule set reloads (`ok`, `invalid`: the old set stayed).
+pub const RULES_RELOAD_TOTAL: &str = "yijian_rules_reload_total";
+/// `{kind,result}`: follow-ups finished: backend cancellations and contact notifications
+/// (`delivered`, `unknown` (the backend did not have it), `refused`, `expired`).
+pub const FOLLOWUPS_TOTAL: &str = "yijian_followups_total";
+/// `{outcome}`: cancel gestures: `cancelled`, `flagged` (help already on its way: an operator
+/// confirms by phone), `nothing_open`.
+pub const CANCELS_TOTAL: &str = "yijian_cancels_total";
 
 /// Histogram buckets, in seconds: 0.5 ms to 60 s.
 pub const BUCKETS: &[f64] = &[
@@ -113,6 +121,12 @@ fn describe() {
     c!(STORE_ERRORS_TOTAL, Unit::Count, "Journal operations that failed, by operation.");
     c!(CALLBACKS_TOTAL, Unit::Count, "Backend status callbacks, by result.");
     c!(OPERATOR_ACTIONS_TOTAL, Unit::Count, "Operator actions on requests, by action and result.");
+    c!(RULES_RELOAD_TOTAL, Unit::Count, "Rule set reloads, by result (ok, or invalid: the previous rules stayed).");
+    c!(FOLLOWUPS_TOTAL, Unit::Count, "Backend cancellations and contact notifications finished, by kind and result.");
+    c!(CANCELS_TOTAL, Unit::Count, "Cancel gestures, by outcome (cancelled, flagged for an operator, nothing open).");
+    for r in ["ok", "invalid"] {
+        counter!(RULES_RELOAD_TOTAL, "result" => r).absolute(0);
+    }
     // Pre-register the bounded label sets so dashboards see zeros rather than gaps.
     for r in RejectReason::ALL {
         counter!(PRESS_REJECTED_TOTAL, "reason" => r.as_str()).absolute(0);
@@ -233,6 +247,21 @@ pub fn store_error(op: &'static str, error: &dyn std::fmt::Display) {
 /// A backend callback was handled.
 pub fn callback(result: &'static str) {
     counter!(CALLBACKS_TOTAL, "result" => result).increment(1);
+}
+
+/// A rule set reload finished (`ok` or `invalid`); the reloader logs the details.
+pub fn rules_reload(result: &'static str) {
+    counter!(RULES_RELOAD_TOTAL, "result" => result).increment(1);
+}
+
+/// A follow-up (`cancel` or `notify`) finished with `result`.
+pub fn followup(kind: &'static str, result: &'static str) {
+    counter!(FOLLOWUPS_TOTAL, "kind" => kind, "result" => result).increment(1);
+}
+
+/// A cancel gesture was decided.
+pub fn cancel(outcome: &'static str) {
+    counter!(CANCELS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Log output format.

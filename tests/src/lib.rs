@@ -36,6 +36,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     c.store.data_dir = data_dir.to_owned();
     c.dispatch.backoff_initial_ms = 10;
     c.dispatch.backoff_max_ms = 50;
+    // Rule files and resident changes are noticed within a few polls, not a second.
+    c.rules.watch_interval_ms = 20;
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
     c.rules.dir = Some(rules);
     c
@@ -49,6 +51,7 @@ pub fn route(c: &mut Config, service: &str, backends: &[&str], attempt_timeout_m
             backends: backends.iter().map(|s| s.to_string()).collect(),
             attempt_timeout_ms: Some(attempt_timeout_ms),
             deadline_s: Some(deadline_s),
+            notify_contacts: None,
         },
     );
 }
@@ -105,6 +108,57 @@ impl TestGateway {
         Ok(SimDevice::connect(DeviceConfig::new(id, secret, self.mqtt)).await?)
     }
 
+    /// Register a device bound to `resident` and connect it.
+    pub async fn device_of(&self, id: &str, profile: &str, resident: &str) -> Result<SimDevice> {
+        let mut out = Vec::new();
+        yijian_gateway::admin::devices_add(&self.config, id, Some(profile), Some(resident), true, &mut out)?;
+        let v: Value = serde_json::from_slice(&out)?;
+        let secret = v["secret"].as_str().context("secret in devices add output")?;
+        Ok(SimDevice::connect(DeviceConfig::new(id, secret, self.mqtt)).await?)
+    }
+
+    /// `residents import` a file named `name` (its extension says CSV or TOML) holding
+    /// `text`; returns what the command printed, or its error with the printed problems.
+    pub fn import_residents(&self, name: &str, text: &str) -> Result<String> {
+        let path = self.config.store.data_dir.join(name);
+        std::fs::write(&path, text)?;
+        let mut out = Vec::new();
+        let r = yijian_gateway::admin::residents::residents_import(&self.config, &path, &mut out);
+        let printed = String::from_utf8(out)?;
+        match r {
+            Ok(()) => Ok(printed),
+            Err(e) => Err(anyhow!("{printed}{e}")),
+        }
+    }
+
+    /// `devices bind DEVICE RESIDENT`.
+    pub fn bind(&self, device: &str, resident: &str) -> Result<()> {
+        yijian_gateway::admin::residents::devices_bind(&self.config, device, Some(resident), &mut Vec::new())?;
+        Ok(())
+    }
+
+    /// One request with its history (`GET /api/v1/requests/{id}`).
+    pub async fn request(&self, id: &str) -> Result<Value> {
+        let (status, v) = self.get(&format!("/api/v1/requests/{id}")).await?;
+        anyhow::ensure!(status == 200, "GET request {id}: {status} {v}");
+        Ok(v)
+    }
+
+    /// Poll request `id` until `done` holds for it (or fail after [`WAIT`]).
+    pub async fn wait_request(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.request(id).await?;
+            if done(&v) {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(anyhow!("request {id}: gave up waiting for {what}; it is {v}"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// GET a path of the API: (status, JSON body).
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         let r = self.http.get(format!("{}{}", self.base, path)).send().await?;
@@ -127,3 +181,25 @@ impl TestGateway {
 
 /// A generous bound for waits that normally take milliseconds.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The `kind`s of a request's history, oldest first.
+pub fn history_kinds(v: &Value) -> Vec<String> {
+    v["history"]
+        .as_array()
+        .map(|h| h.iter().filter_map(|e| e["kind"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Poll `probe` until it returns `Some` (or fail after [`WAIT`] naming `what`).
+pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(anyhow!("gave up waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

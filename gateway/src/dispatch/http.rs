@@ -84,14 +84,29 @@ pub async fn attempt(
     body: Bytes,
     timeout: Duration,
 ) -> AttemptResult {
+    post(client, backend.url.clone(), backend.token.as_deref(), request_id, attempt, body, timeout).await
+}
+
+/// POST `body` to `url` once with the contract's headers (`Idempotency-Key: key`), and
+/// classify the answer. Follow-ups (cancellations, notifications) use it with their own URL
+/// and key.
+pub async fn post(
+    client: &reqwest::Client,
+    url: reqwest::Url,
+    token: Option<&str>,
+    key: &str,
+    attempt: u32,
+    body: Bytes,
+    timeout: Duration,
+) -> AttemptResult {
     let mut rb = client
-        .post(backend.url.clone())
+        .post(url)
         .timeout(timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("Idempotency-Key", request_id)
+        .header("Idempotency-Key", key)
         .header("X-Yijian-Attempt", attempt.to_string())
         .body(body);
-    if let Some(t) = &backend.token {
+    if let Some(t) = token {
         rb = rb.bearer_auth(t);
     }
     let resp = match rb.send().await {

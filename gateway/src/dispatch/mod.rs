@@ -8,12 +8,14 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod followup;
 pub mod http;
 
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, DESK};
 use crate::feedback::FeedbackSender;
-use crate::store::{AttemptRecord, Notice, Request, Store, StoreError};
+use crate::residents::{self, RESIDENT_UNKNOWN_TAG};
+use crate::store::{AttemptRecord, Notice, NotifyContacts, Request, Store, StoreError};
 use crate::telemetry;
 use breaker::Breaker;
 use http::{AttemptResult, HttpBackend};
@@ -49,7 +51,8 @@ impl DispatchHandle {
     }
 }
 
-/// One configured backend and its breaker.
+/// One configured backend and its breaker (shared by dispatch and follow-ups: a dead backend
+/// is dead for both).
 struct Backend {
     http: HttpBackend,
     breaker: Breaker,
@@ -60,7 +63,7 @@ struct Dispatcher {
     feedback: FeedbackSender,
     client: reqwest::Client,
     config: Arc<Config>,
-    backends: HashMap<String, Backend>,
+    backends: Arc<HashMap<String, Backend>>,
     active: Arc<Mutex<HashMap<String, CancellationToken>>>,
     shutdown: CancellationToken,
 }
@@ -84,13 +87,14 @@ enum Ending {
     Abandoned,
 }
 
-/// Build the dispatcher and start its loop. Fails when a backend's token variable is missing.
+/// Build the dispatcher and start its loop, and the follow-up deliverer beside it (both
+/// tasks are returned). Fails when a backend's token variable is missing.
 pub fn start(
     config: Arc<Config>,
     store: Store,
     feedback: FeedbackSender,
     shutdown: CancellationToken,
-) -> Result<(DispatchHandle, tokio::task::JoinHandle<()>), ConfigError> {
+) -> Result<(DispatchHandle, Vec<tokio::task::JoinHandle<()>>), ConfigError> {
     let mut problems = Vec::new();
     let mut backends = HashMap::new();
     for (name, b) in &config.backends {
@@ -131,6 +135,11 @@ pub fn start(
     let (tx, mut rx) = mpsc::channel::<Request>(4096);
     let active = Arc::new(Mutex::new(HashMap::new()));
     let permits = Arc::new(Semaphore::new(config.dispatch.max_in_flight));
+    let backends = Arc::new(backends);
+    let followups = followup::start(
+        followup::Deliverer::new(store.clone(), client.clone(), config.clone(), backends.clone()),
+        shutdown.clone(),
+    );
     let d = Arc::new(Dispatcher { store, feedback, client, config, backends, active: active.clone(), shutdown: shutdown.clone() });
     let task = tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
@@ -153,7 +162,7 @@ pub fn start(
         // In-flight attempts see the same shutdown token and stop; their outbox rows remain.
         while tasks.join_next().await.is_some() {}
     });
-    Ok((DispatchHandle { tx, active }, task))
+    Ok((DispatchHandle { tx, active }, vec![task, followups]))
 }
 
 impl Dispatcher {
@@ -175,7 +184,8 @@ impl Dispatcher {
                 }
             }
             Ending::Escalated(why) => {
-                let notice = self.journal(|| self.store.escalated(&req.id, why, now_ms())).await;
+                let contacts = self.contacts_policy(&req);
+                let notice = self.journal(|| self.store.escalated(&req.id, why, contacts.clone(), now_ms())).await;
                 if let Some(notice) = notice {
                     telemetry::escalation(req.service, why);
                     tracing::warn!(request_id = %req.id, service = %req.service, reason = why, "request escalated to the desk");
@@ -208,10 +218,36 @@ impl Dispatcher {
         }
     }
 
-    fn resident_block(&self, req: &Request) -> serde_json::Value {
-        match &req.resident_id {
-            Some(id) => serde_json::json!({"id": id}),
-            None => serde_json::Value::Null,
+    /// The `resident` block of the body: the record as on file now (a phone number corrected
+    /// since the press is the one the crew should call). `null` when the device is bound to
+    /// nobody on record: the request then carries the `resident_unknown` tag from intake.
+    async fn resident_block(&self, req: &Request) -> serde_json::Value {
+        let Some(id) = req.resident_id.clone() else { return serde_json::Value::Null };
+        match self.store.read(move |c| residents::load(c, &id)).await {
+            Ok(Some(r)) => r.backend_block(),
+            Ok(None) => {
+                if !req.tags.iter().any(|t| t == RESIDENT_UNKNOWN_TAG) {
+                    tracing::warn!(request_id = %req.id, resident_id = ?req.resident_id, "resident no longer on record");
+                }
+                serde_json::Value::Null
+            }
+            Err(e) => {
+                // The journal read failed: the backend still gets the id to look up; help must
+                // not wait for the residents table.
+                tracing::error!(request_id = %req.id, error = %e, "resident not read; sending the id only");
+                serde_json::json!({"id": req.resident_id})
+            }
+        }
+    }
+
+    /// Whether this request's contacts are notified when it goes to the desk.
+    fn contacts_policy(&self, req: &Request) -> NotifyContacts {
+        if !self.config.route(req.service).notify_contacts {
+            return NotifyContacts::No;
+        }
+        match &self.config.notify.backend {
+            Some(b) if self.backends.contains_key(b) => NotifyContacts::Via(b.clone()),
+            _ => NotifyContacts::Unconfigured,
         }
     }
 
@@ -220,7 +256,7 @@ impl Dispatcher {
         let remaining_ms = (req.created_at + route.deadline.as_millis() as i64 - now_ms()).max(0) as u64;
         let deadline = Instant::now() + Duration::from_millis(remaining_ms);
         let callback = format!("{}/api/v1/requests/{}/events", self.config.public_url(), req.id);
-        let body = http::body(req, self.resident_block(req), &callback);
+        let body = http::body(req, self.resident_block(req).await, &callback);
         let dcfg = &self.config.dispatch;
         let (initial, max) = (Duration::from_millis(dcfg.backoff_initial_ms), Duration::from_millis(dcfg.backoff_max_ms));
         let mut attempt_no = req.attempts;
@@ -248,9 +284,14 @@ impl Dispatcher {
                     attempt_no += 1;
                     let timeout = route.attempt_timeout.min(deadline - now);
                     let started_ms = now_ms();
+                    if token.is_cancelled() {
+                        return Ending::Abandoned;
+                    }
+                    // A cancel does not abort an attempt in flight: the backend may be taking
+                    // the request right now, and if it does, `dispatched` owes it a cancellation.
                     let result = tokio::select! {
                         r = http::attempt(&self.client, &backend.http, &req.id, attempt_no, body.clone(), timeout) => r,
-                        _ = token.cancelled() => return Ending::Abandoned,
+                        _ = self.shutdown.cancelled() => return Ending::Abandoned,
                     };
                     let elapsed = now.elapsed();
                     telemetry::dispatch_attempt(name, result.label(), elapsed);

@@ -24,6 +24,14 @@ pub fn local_minutes(at_ms: i64, tz: &str) -> Result<u16, String> {
     Ok(local.hour() as u16 * 60 + local.minute() as u16)
 }
 
+/// Minutes since local midnight in an already resolved zone: the hot path's version of
+/// [`local_minutes`] (no zone lookup). `None` only for a timestamp outside jiff's range.
+pub fn local_minutes_in(at_ms: i64, zone: &jiff::tz::TimeZone) -> Option<u16> {
+    let at = jiff::Timestamp::from_millisecond(at_ms).ok()?;
+    let local = zone.to_datetime(at);
+    Some(local.hour() as u16 * 60 + local.minute() as u16)
+}
+
 /// One window: start inclusive, end exclusive; `start > end` crosses midnight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Window {

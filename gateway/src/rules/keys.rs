@@ -147,7 +147,16 @@ pub(super) fn resident(
         return None;
     }
     let mut attrs = Vec::new();
+    let mut named_ok = true;
     for (name, v) in entries {
+        if !crate::residents::attribute_name_ok(&name.value) {
+            // Residents cannot be imported with such a name, so the rule could never match.
+            d.error(
+                &name.at(at),
+                format!("resident attribute name {:?} can never match: names are 1-64 characters of A-Z, a-z, 0-9, _ and -", name.value),
+            );
+            named_ok = false;
+        }
         let attr = match &v.value {
             SValue::Bool(b) => AttrValue::Bool(*b),
             SValue::Int(i) => AttrValue::Int(*i),
@@ -162,5 +171,5 @@ pub(super) fn resident(
         };
         attrs.push((Box::from(name.value.as_str()), attr));
     }
-    (attrs.len() == entries.len()).then_some(attrs)
+    (named_ok && attrs.len() == entries.len()).then_some(attrs)
 }

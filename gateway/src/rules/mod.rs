@@ -11,7 +11,7 @@
 //!
 //! Files: `value` reads TOML with spans, `parse` checks and compiles (`keys`: one value each),
 //! `shadow` warns about rules that can never match, `eval` matches, `explain` words a decision,
-//! `clock` handles local time.
+//! `clock` handles local time, `reload` swaps in a changed set while the gateway runs.
 
 mod clock;
 mod diag;
@@ -19,13 +19,14 @@ mod eval;
 mod explain;
 mod keys;
 mod parse;
+pub mod reload;
 mod shadow;
 mod value;
 
 #[cfg(test)]
 mod tests;
 
-pub use clock::local_minutes;
+pub use clock::{local_minutes, local_minutes_in};
 pub use diag::{CheckFailed, Diagnostic, Severity};
 
 use std::collections::BTreeMap;
@@ -122,35 +123,14 @@ impl RuleSet {
     /// Loads and checks every `*.toml` file in `dir` (not recursive; names starting with `.`
     /// are skipped), in file-name order. File names in diagnostics are `dir/name`.
     pub fn load_dir(dir: &Path) -> Result<Loaded, CheckFailed> {
-        let label = dir.display().to_string();
-        let fail = |message: String| CheckFailed {
-            errors: vec![diag::set_error(&label, message)],
-            warnings: vec![],
-        };
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| fail(format!("cannot read the rules directory: {e}")))?;
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| fail(format!("cannot list the rules directory: {e}")))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // `is_file` follows symlinks, so a linked rule file counts.
-            if name.ends_with(".toml") && !name.starts_with('.') && entry.path().is_file() {
-                names.push(name);
-            }
-        }
-        if names.is_empty() {
-            return Err(fail("no *.toml rule files in this directory".to_string()));
-        }
-        names.sort();
-        let sources: Vec<(String, Result<String, String>)> = names
-            .iter()
-            .map(|name| {
-                let path = dir.join(name);
-                let text = std::fs::read_to_string(&path).map_err(|e| e.to_string());
-                (path.display().to_string(), text)
-            })
-            .collect();
-        parse::check(&label, &sources)
+        let sources = read_dir_sources(dir)?;
+        RuleSet::check_sources(&dir.display().to_string(), &sources)
+    }
+
+    /// Checks sources as [`read_dir_sources`] returns them; `label` names the set (the
+    /// directory) in problems that belong to no file.
+    pub fn check_sources(label: &str, sources: &Sources) -> Result<Loaded, CheckFailed> {
+        parse::check(label, sources)
     }
 
     /// Checks `(file name, text)` pairs, in the given order, as one set. Problems of the whole
@@ -226,6 +206,42 @@ impl RuleSet {
             .collect();
         all.into_iter().map(str::to_string).collect()
     }
+}
+
+/// Rule files as read: `(dir/name, text or why it could not be read)`, in load order.
+pub type Sources = Vec<(String, Result<String, String>)>;
+
+/// Reads every `*.toml` file in `dir` (not recursive; names starting with `.` are skipped),
+/// sorted by file name. Fails only when the directory cannot be listed or holds no rule file.
+pub fn read_dir_sources(dir: &Path) -> Result<Sources, CheckFailed> {
+    let label = dir.display().to_string();
+    let fail = |message: String| CheckFailed {
+        errors: vec![diag::set_error(&label, message)],
+        warnings: vec![],
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| fail(format!("cannot read the rules directory: {e}")))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| fail(format!("cannot list the rules directory: {e}")))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `is_file` follows symlinks, so a linked rule file counts.
+        if name.ends_with(".toml") && !name.starts_with('.') && entry.path().is_file() {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return Err(fail("no *.toml rule files in this directory".to_string()));
+    }
+    names.sort();
+    Ok(names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+            (path.display().to_string(), text)
+        })
+        .collect())
 }
 
 impl fmt::Display for AttrValue {

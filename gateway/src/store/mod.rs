@@ -5,6 +5,8 @@
 //! Intake hands it a [`PressEntry`]; it answers with a [`PressOutcome`] only after the commit,
 //! and the [`Request`] inside goes on to dispatch.
 
+mod cancel;
+pub mod followup;
 pub mod model;
 pub mod read;
 mod schema;
@@ -12,6 +14,8 @@ mod writer;
 
 pub use model::*;
 pub use read::{EventView, ListFilter, PressView, RequestView};
+pub use cancel::FLAGGED_REASON;
+pub use followup::{Followup, NotifyContacts};
 pub use writer::{OperatorAction, Transition};
 
 use rusqlite::Connection;
@@ -110,10 +114,34 @@ impl Store {
         self.call(|reply| Command::Dispatched { request_id, backend, reference, eta_s, at, reply }).await
     }
 
-    /// Hand the request to the desk. `None` when it is no longer waiting for dispatch.
-    pub async fn escalated(&self, request_id: &str, reason: &'static str, at: i64) -> Result<Option<Notice>, StoreError> {
+    /// Hand the request to the desk, and queue its contacts' notifications as `contacts`
+    /// says. `None` when it is no longer waiting for dispatch.
+    pub async fn escalated(
+        &self,
+        request_id: &str,
+        reason: &'static str,
+        contacts: NotifyContacts,
+        at: i64,
+    ) -> Result<Option<Notice>, StoreError> {
         let request_id = request_id.to_owned();
-        self.call(|reply| Command::Escalated { request_id, reason, at, reply }).await
+        self.call(|reply| Command::Escalated { request_id, reason, contacts, at, reply }).await
+    }
+
+    /// A follow-up attempt was made (no wait: it rides the next batch).
+    pub async fn followup_attempt(&self, f: &Followup, attempt: u32, at: i64) {
+        let (key, target) = (f.key.clone(), f.target.clone());
+        let _ = self.tx.send(Command::FollowupAttempt { key, target, attempt, at }).await;
+    }
+
+    /// A follow-up is over; its outcome goes into the request's history.
+    pub async fn followup_finished(&self, f: Followup, ending: followup::Ending, at: i64) -> Result<(), StoreError> {
+        self.call(|reply| Command::FollowupFinished { followup: f, ending, at, reply }).await
+    }
+
+    /// Resolves after a commit that queued follow-ups (or at once if one happened since the
+    /// last call): the follow-up deliverer's doorbell.
+    pub async fn followups_queued(&self) {
+        self.state.followups.notified().await
     }
 
     /// An operator acts on a request.

@@ -166,6 +166,9 @@ pub enum PressOutcome {
     },
     /// A cancel press found nothing open to cancel.
     NothingToCancel(Notice),
+    /// A cancel press on a rescue already on its way: the request stays open, flagged for an
+    /// operator to confirm by phone; the device hears where it stands and why.
+    CancelFlagged(Notice),
 }
 
 /// A feedback-worthy fact about a request: who to tell and what.

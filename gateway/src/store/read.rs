@@ -30,6 +30,11 @@ pub struct RequestView {
     pub escalated_at: Option<String>,
     pub acknowledged_at: Option<String>,
     pub closed_at: Option<String>,
+    /// The resident asked to cancel while help was on its way: an operator confirms by phone.
+    pub cancel_requested_at: Option<String>,
+    /// The resident's record as on file now (detail view only; `null` when none is on record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resident: Option<serde_json::Value>,
     /// Every state change, attempt and callback, oldest first (detail view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<EventView>>,
@@ -62,12 +67,15 @@ pub struct ListFilter {
     pub state: Option<RequestState>,
     pub service: Option<Service>,
     pub device_id: Option<String>,
+    /// Only requests whose resident asked to cancel while help was on its way (`true`) or
+    /// only the others (`false`).
+    pub cancel_requested: Option<bool>,
     pub limit: u32,
 }
 
 const REQUEST_COLUMNS: &str = "r.request_id, r.service, r.priority, r.tags, r.state, r.device_id, r.resident_id,
      p.press_id, p.button, p.gesture, p.at_ms, p.battery, r.rule, r.backend, r.backend_ref, r.eta_s,
-     r.created_at, r.updated_at, r.dispatched_at, r.escalated_at, r.acked_at, r.closed_at";
+     r.created_at, r.updated_at, r.dispatched_at, r.escalated_at, r.acked_at, r.closed_at, r.cancel_requested_at";
 
 const REQUEST_FROM: &str =
     "FROM requests r JOIN presses p ON p.device_id = r.device_id AND p.press_id = r.press_id";
@@ -100,6 +108,8 @@ fn request_view(r: &Row<'_>) -> rusqlite::Result<RequestView> {
         escalated_at: opt_time(19)?,
         acknowledged_at: opt_time(20)?,
         closed_at: opt_time(21)?,
+        cancel_requested_at: opt_time(22)?,
+        resident: None,
         history: None,
     })
 }
@@ -109,11 +119,12 @@ pub fn list_requests(c: &Connection, f: &ListFilter) -> Result<Vec<RequestView>,
     let sql = format!(
         "SELECT {REQUEST_COLUMNS} {REQUEST_FROM}
          WHERE (?1 IS NULL OR r.state = ?1) AND (?2 IS NULL OR r.service = ?2) AND (?3 IS NULL OR r.device_id = ?3)
+           AND (?5 IS NULL OR (r.cancel_requested_at IS NOT NULL) = ?5)
          ORDER BY r.created_at DESC, r.request_id DESC LIMIT ?4"
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(
-        params![f.state.map(|s| s.as_str()), f.service.map(|s| s.as_str()), f.device_id, f.limit],
+        params![f.state.map(|s| s.as_str()), f.service.map(|s| s.as_str()), f.device_id, f.limit, f.cancel_requested],
         request_view,
     )?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -140,6 +151,10 @@ pub fn get_request(c: &Connection, request_id: &str) -> Result<Option<RequestVie
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     view.history = Some(events);
+    if let Some(id) = &view.resident_id {
+        let record = crate::residents::load(c, id)?;
+        view.resident = Some(record.map(|r| serde_json::to_value(r).expect("residents serialize")).unwrap_or_default());
+    }
     Ok(Some(view))
 }
 

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS devices (
@@ -85,6 +85,36 @@ CREATE TABLE IF NOT EXISTS outbox (
 ) WITHOUT ROWID;
 "#;
 
+/// Version 2: residents' data drives routing and the backend body; cancellations and contact
+/// notifications get their own outbox; a rescue request already on its way can be flagged.
+const V2: &str = r#"
+-- Every import (and device binding) raises updated_at past the previous maximum, so the
+-- gateway notices a change with one indexed max() instead of re-reading every resident.
+CREATE INDEX IF NOT EXISTS residents_by_updated ON residents (updated_at);
+
+-- The resident asked to cancel a request that help is already on its way for: an operator
+-- confirms by phone. Stays set as a record once the request ends.
+ALTER TABLE requests ADD COLUMN cancel_requested_at INTEGER;
+
+-- Follow-ups owed to HTTP endpoints: a backend's cancellation (kind 'cancel') and a contact's
+-- notification (kind 'notify'). Written in the same transaction as the state change that
+-- needs them, delivered and retried by dispatch, picked up again after a restart.
+-- `idempotency_key` is what the endpoint sees; state: pending | done | failed.
+CREATE TABLE IF NOT EXISTS followups (
+    idempotency_key TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    request_id      TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (idempotency_key, target)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS followups_by_state ON followups (state, created_at);
+"#;
+
 /// Settings every connection gets.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -111,6 +141,19 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     if version < 1 {
         conn.execute_batch(&format!("BEGIN; {V1} PRAGMA user_version = 1; COMMIT;"))?;
+    }
+    if version < 2 {
+        // BEGIN IMMEDIATE: the CLI and a gateway may open an old journal at the same moment;
+        // the loser waits, then sees version 2 and does nothing.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now < 2 {
+            if let Err(e) = conn.execute_batch(&format!("{V2} PRAGMA user_version = 2;")) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        conn.execute_batch("COMMIT")?;
     }
     Ok(())
 }

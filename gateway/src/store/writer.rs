@@ -6,6 +6,7 @@
 //! therefore never acts on something that is not durable: intake sends `received` only after
 //! its reply arrives.
 
+use super::followup::{self, Followup, NotifyContacts};
 use super::model::*;
 use super::StoreError;
 use crate::telemetry;
@@ -53,8 +54,21 @@ pub(crate) enum Command {
     Escalated {
         request_id: String,
         reason: &'static str,
+        contacts: NotifyContacts,
         at: i64,
         reply: Reply<Option<Notice>>,
+    },
+    FollowupAttempt {
+        key: String,
+        target: String,
+        attempt: u32,
+        at: i64,
+    },
+    FollowupFinished {
+        followup: Followup,
+        ending: followup::Ending,
+        at: i64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Operator {
         request_id: String,
@@ -86,6 +100,9 @@ pub enum OperatorAction {
     Ack,
     /// Finish any open request.
     Close,
+    /// Cancel any open request (e.g. after confirming by phone a resident's cancel press on
+    /// a rescue already on its way); the backend that accepted it is told.
+    Cancel,
 }
 
 /// Shared switches between the writer and the rest of the gateway.
@@ -95,12 +112,15 @@ pub(crate) struct WriterState {
     pub healthy: AtomicBool,
     /// Test hook: make every commit fail, as a full disk would.
     pub fail_commits: AtomicBool,
+    /// Woken after a commit that queued a follow-up (a cancellation, a notification).
+    pub followups: tokio::sync::Notify,
 }
 
 enum Staged {
     Press(Reply<PressOutcome>, Result<PressOutcome, StoreError>),
     Notice(Reply<Option<Notice>>, Result<Option<Notice>, StoreError>),
     Transition(Reply<Transition>, Result<Transition, StoreError>),
+    Done(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -110,6 +130,7 @@ impl Staged {
             Staged::Press(r, _) => drop(r.send(Err(e.clone()))),
             Staged::Notice(r, _) => drop(r.send(Err(e.clone()))),
             Staged::Transition(r, _) => drop(r.send(Err(e.clone()))),
+            Staged::Done(r, _) => drop(r.send(Err(e.clone()))),
             Staged::Flush(r) => drop(r.send(())),
         }
     }
@@ -119,6 +140,7 @@ impl Staged {
             Staged::Press(r, v) => drop(r.send(v)),
             Staged::Notice(r, v) => drop(r.send(v)),
             Staged::Transition(r, v) => drop(r.send(v)),
+            Staged::Done(r, v) => drop(r.send(v)),
             Staged::Flush(r) => drop(r.send(())),
         }
     }
@@ -206,9 +228,18 @@ impl Writer {
                         });
                         staged.push(Staged::Notice(reply, r));
                     }
-                    Command::Escalated { request_id, reason, at, reply } => {
-                        let r = in_savepoint(&tx, |tx| escalated(tx, &request_id, reason, at, &mut deltas));
+                    Command::Escalated { request_id, reason, contacts, at, reply } => {
+                        let r = in_savepoint(&tx, |tx| escalated(tx, &request_id, reason, &contacts, at, &mut deltas));
                         staged.push(Staged::Notice(reply, r));
+                    }
+                    Command::FollowupAttempt { key, target, attempt, at } => {
+                        if let Err(e) = in_savepoint(&tx, |tx| followup::attempted(tx, &key, &target, attempt, at)) {
+                            telemetry::store_error("followup_attempt", &e);
+                        }
+                    }
+                    Command::FollowupFinished { followup: f, ending, at, reply } => {
+                        let r = in_savepoint(&tx, |tx| followup::finished(tx, &f, ending, at));
+                        staged.push(Staged::Done(reply, r));
                     }
                     Command::Operator { request_id, action, at, reply } => {
                         let r = in_savepoint(&tx, |tx| operator(tx, &request_id, action, at, &mut deltas));
@@ -244,6 +275,9 @@ impl Writer {
                 self.state.healthy.store(true, Ordering::Relaxed);
                 telemetry::store_commit(started.elapsed(), n);
                 self.apply(deltas);
+                if followup::take_queued() {
+                    self.state.followups.notify_one();
+                }
                 for s in staged {
                     s.deliver();
                 }
@@ -254,6 +288,8 @@ impl Writer {
                     other => StoreError::Unavailable(other.to_string()),
                 };
                 self.state.healthy.store(false, Ordering::Relaxed);
+                // Nothing of this batch is in the journal, follow-ups included.
+                followup::take_queued();
                 telemetry::store_error("commit", &e);
                 for s in staged {
                     s.fail(&e);
@@ -305,7 +341,7 @@ fn new_request_id() -> String {
     format!("rq_{}", ulid::Ulid::new())
 }
 
-fn event(
+pub(super) fn event(
     c: &Connection,
     request_id: &str,
     at: i64,
@@ -391,58 +427,11 @@ fn press(
                 attempts: 0,
             }))
         }
-        PressAction::Cancel { window_ms } => {
-            let target = c
-                .prepare_cached(
-                    "SELECT request_id, service, state, backend FROM requests
-                     WHERE device_id = ?1 AND state NOT IN ('closed','cancelled') AND created_at >= ?2
-                     ORDER BY created_at DESC, request_id DESC LIMIT 1",
-                )?
-                .query_row(params![e.device_id, e.intake_at - window_ms], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
-                })
-                .optional()?;
-            let Some((rid, service, state, backend)) = target else {
-                c.prepare_cached("UPDATE presses SET outcome = 'cancel_noop' WHERE device_id = ?1 AND press_id = ?2")?
-                    .execute(params![e.device_id, p.id])?;
-                return Ok(PressOutcome::NothingToCancel(nothing_to_cancel(&e.device_id, &p.id)));
-            };
-            let service: Service = service.parse().map_err(StoreError::Corrupt)?;
-            let from: RequestState = state.parse().map_err(StoreError::Corrupt)?;
-            c.prepare_cached(
-                "UPDATE requests SET state = 'cancelled', updated_at = ?2, closed_at = ?2 WHERE request_id = ?1",
-            )?
-            .execute(params![rid, e.intake_at])?;
-            c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?.execute(params![rid])?;
-            c.prepare_cached("UPDATE presses SET request_id = ?3 WHERE device_id = ?1 AND press_id = ?2")?
-                .execute(params![e.device_id, p.id, rid])?;
-            event(
-                c,
-                &rid,
-                e.intake_at,
-                "cancelled",
-                Some(RequestState::Cancelled),
-                Some(json!({"by": "resident", "press": p.id, "rule": e.rule, "was": from.as_str()})),
-            )?;
-            deltas.push((service, Some(from), Some(RequestState::Cancelled)));
-            Ok(PressOutcome::Cancelled {
-                notice: Notice {
-                    device_id: e.device_id.clone(),
-                    press_id: p.id.clone(),
-                    request_id: Some(rid),
-                    service: Some(service),
-                    state: FeedbackState::Cancelled,
-                    reference: None,
-                    eta_s: None,
-                    reason: None,
-                },
-                backend,
-            })
-        }
+        PressAction::Cancel { window_ms } => super::cancel::press(c, e, *window_ms, deltas),
     }
 }
 
-fn nothing_to_cancel(device_id: &str, press_id: &str) -> Notice {
+pub(super) fn nothing_to_cancel(device_id: &str, press_id: &str) -> Notice {
     Notice {
         device_id: device_id.to_owned(),
         press_id: press_id.to_owned(),
@@ -476,6 +465,9 @@ fn duplicate(c: &Connection, device_id: &str, press_id: &str) -> Result<Notice, 
     let (outcome, request_id, state, service, reference, eta_s) = row;
     if outcome == "cancel_noop" {
         return Ok(nothing_to_cancel(device_id, press_id));
+    }
+    if let ("cancel_flagged", Some(rid)) = (outcome.as_str(), &request_id) {
+        return super::cancel::flagged_again(c, device_id, press_id, rid);
     }
     let service = service.map(|s| s.parse::<Service>()).transpose().map_err(StoreError::Corrupt)?;
     let state = match (outcome.as_str(), state) {
@@ -588,8 +580,20 @@ fn dispatched(
     let Some(mut cur) = current(c, request_id)? else { return Ok(None) };
     c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?.execute(params![request_id])?;
     if cur.state != RequestState::Received {
-        // Cancelled or closed meanwhile: the backend is told separately; nothing to change here.
+        // Cancelled or closed while an attempt was in flight, and the backend took it after
+        // all: a cancelled request is called off there too.
         event(c, request_id, at, "dispatched_late", None, Some(json!({"backend": backend, "ref": reference})))?;
+        if cur.state == RequestState::Cancelled {
+            let by: Option<String> = c
+                .prepare_cached(
+                    "SELECT json_extract(detail, '$.by') FROM request_events
+                     WHERE request_id = ?1 AND kind = 'cancelled' ORDER BY seq DESC LIMIT 1",
+                )?
+                .query_row(params![request_id], |r| r.get(0))
+                .optional()?
+                .flatten();
+            followup::queue_cancel(c, request_id, backend, by.as_deref().unwrap_or("resident"), at)?;
+        }
         return Ok(None);
     }
     c.prepare_cached(
@@ -615,6 +619,7 @@ fn escalated(
     c: &Connection,
     request_id: &str,
     reason: &str,
+    contacts: &NotifyContacts,
     at: i64,
     deltas: &mut Vec<(Service, Option<RequestState>, Option<RequestState>)>,
 ) -> Result<Option<Notice>, StoreError> {
@@ -628,6 +633,7 @@ fn escalated(
     )?
     .execute(params![request_id, at])?;
     event(c, request_id, at, "escalated", Some(RequestState::Escalated), Some(json!({"reason": reason})))?;
+    followup::queue_contacts(c, request_id, reason, contacts, at)?;
     deltas.push((cur.service, Some(cur.state), Some(RequestState::Escalated)));
     Ok(Some(cur.notice(request_id, RequestState::Escalated)))
 }
@@ -645,11 +651,16 @@ fn operator(
             (RequestState::Acknowledged, "acked_at", "acknowledged")
         }
         OperatorAction::Close if cur.state.is_open() => (RequestState::Closed, "closed_at", "closed"),
+        OperatorAction::Cancel if cur.state.is_open() => (RequestState::Cancelled, "closed_at", "cancelled"),
         _ => return Ok(Transition::Conflict(cur.state)),
     };
     set_state(c, request_id, to, at, Some(stamp))?;
     c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?.execute(params![request_id])?;
-    event(c, request_id, at, kind, Some(to), Some(json!({"by": "operator"})))?;
+    event(c, request_id, at, kind, Some(to), Some(json!({"by": "operator", "was": cur.state.as_str()})))?;
+    if action == OperatorAction::Cancel {
+        let backend = super::cancel::backend_of(c, request_id)?;
+        super::cancel::tell_backend(c, request_id, cur.state, backend.as_deref(), "operator", at)?;
+    }
     deltas.push((cur.service, Some(cur.state), Some(to)));
     Ok(Transition::Applied { notice: cur.notice(request_id, to), from: cur.state, created_at: cur.created_at })
 }

@@ -286,6 +286,13 @@ fn odd_shapes_are_reported_not_fatal() {
             no_fallback,
         ]
     );
+    assert_eq!(
+        errors("[[rule]]\nname = 'a'\nresident = { \"lives alone\" = true, floor = 3 }\naction = 'cancel'\n"),
+        [
+            "a.toml:3:14: error: resident attribute name \"lives alone\" can never match: names are 1-64 characters of A-Z, a-z, 0-9, _ and -",
+            no_fallback,
+        ]
+    );
     let unnamed = "[[rule]]\nname = \"fallback\"\naction = \"cancel\"\n\n\
                    [fallback]\nservice = \"rescue\"\npriority = \"urgent\"\n";
     assert_eq!(
