@@ -53,7 +53,7 @@ enum Command {
     ///
     /// The gateway must route rescue/taxi/hospital to http://BACKENDS_LISTEN/{rescue,taxi,hospital}
     /// (gateway/config/example-backends.toml does, with the default --backends-listen).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run mock rescue / taxi / hospital backends: POST /{name} with an Idempotency-Key
     /// (a repeated key is answered 409 and not counted twice); GET /received lists them.
     Backends {
@@ -379,7 +379,7 @@ async fn main() {
             press(device, secret, button, gesture, broker, repeat, wait).await
         }
         Command::Backends { listen, latency, fail_rate } => backends(listen, latency, fail_rate).await,
-        Command::Run(a) => match run(a).await {
+        Command::Run(a) => match run(*a).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(2),
             Err(e) => Err(e),
