@@ -44,6 +44,9 @@ pub struct Config {
     /// HTTP backends by name.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
     /// Where residents' contacts are notified when a request goes to the desk.
     #[serde(default)]
     pub notify: NotifyConfig,
@@ -170,6 +173,26 @@ pub struct DispatchConfig {
     /// given up (and the request's history says so), in seconds.
     #[serde(default = "default_followup_deadline")]
     pub followup_deadline_s: u64,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// On SIGTERM, how long dispatches in flight may take to finish before they are left in
+    /// the outbox for the next start, in milliseconds.
+    #[serde(default = "default_grace_ms")]
+    pub grace_ms: u64,
+}
+
+fn default_grace_ms() -> u64 {
+    10_000
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_ms: default_grace_ms() }
+    }
 }
 
 /// `[services.NAME]`

@@ -92,6 +92,12 @@ pub struct Gateway {
     /// The live rules: reload them (SIGHUP), watch reloads.
     pub rules: Arc<rules::reload::Reloader>,
     shutdown: CancellationToken,
+    /// Phase two of shutdown: abandon what is still in flight (it stays in the outbox).
+    abort: CancellationToken,
+    /// To stop admitting devices when shutting down.
+    accounts: broker::Accounts,
+    /// How long dispatches in flight may take to finish on shutdown.
+    grace: Duration,
     tasks: Vec<JoinHandle<()>>,
     /// Stops the broker's listener thread, and the thread itself.
     broker: Option<(CancellationToken, std::thread::JoinHandle<()>)>,
@@ -102,6 +108,7 @@ impl Gateway {
     pub async fn start(config: Config, http: TcpListener) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
+        let abort = CancellationToken::new();
         let (reloader, rules_desc) =
             rules::reload::Reloader::start(rules_source(&config)).map_err(|e| StartError::Rules(e.to_string()))?;
         let metrics = telemetry::metrics_handle();
@@ -119,12 +126,14 @@ impl Gateway {
             .map_err(|e| StartError::Io(format!("cannot start the MQTT listener thread: {e}")))?;
 
         let feedback = connect_with_retry(|| {
-            feedback::FeedbackSender::connect(&config.mqtt, accounts.gateway_secret(), shutdown.clone())
+            // Alive until the very end: dispatches finishing during the grace period still
+            // tell their devices.
+            feedback::FeedbackSender::connect(&config.mqtt, accounts.gateway_secret(), abort.clone())
         })
         .await?;
         ready.broker.store(true, Ordering::Release);
 
-        let (dispatch, dispatch_tasks) = dispatch::start(config.clone(), store.clone(), feedback.clone(), shutdown.clone())?;
+        let (dispatch, dispatch_tasks) = dispatch::start(config.clone(), store.clone(), feedback.clone(), shutdown.clone(), abort.clone())?;
         let residents = residents::Residents::new(store.clone(), &config.rules.time_zone);
         let watch_every = Duration::from_millis(config.rules.watch_interval_ms);
         let mut tasks = dispatch_tasks;
@@ -208,6 +217,9 @@ impl Gateway {
             ready,
             rules: reloader,
             shutdown,
+            abort,
+            accounts,
+            grace: Duration::from_millis(config.shutdown.grace_ms),
             tasks: {
                 tasks.extend([presses, statuses, replay, http_task]);
                 tasks
@@ -230,12 +242,24 @@ impl Gateway {
         self.shutdown.clone()
     }
 
-    /// Stop every stage, wait for them, and flush the journal.
+    /// Stop gracefully: refuse new device connections, stop reading presses and taking new
+    /// dispatches, give dispatches in flight the grace period to finish, abandon the rest to the
+    /// outbox, flush the journal and close the broker (dropping every device connection).
     pub async fn stop(self) {
+        self.accounts.admit_devices(false);
+        self.ready.intake.store(false, Ordering::Release);
         self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let tasks = self.tasks;
+        let mut all = tokio::spawn(async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        if tokio::time::timeout(self.grace, &mut all).await.is_err() {
+            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "grace period over: what is still in flight stays in the outbox");
         }
+        self.abort.cancel();
+        let _ = all.await;
         self.store.flush().await;
         if let Some((stop, thread)) = self.broker {
             stop.cancel();

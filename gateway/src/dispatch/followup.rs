@@ -147,7 +147,8 @@ impl Deliverer {
 
 /// Sweep the journal for pending follow-ups now, at every doorbell and every [`SWEEP`], and
 /// deliver each in its own task until `shutdown`.
-pub fn start(deliverer: Deliverer, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// `stop` ends the sweeping; `abort` abandons deliveries in flight (they stay pending).
+pub fn start(deliverer: Deliverer, stop: CancellationToken, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     let d = Arc::new(deliverer);
     tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
@@ -169,7 +170,7 @@ pub fn start(deliverer: Deliverer, shutdown: CancellationToken) -> tokio::task::
             }
             while tasks.try_join_next().is_some() {}
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 _ = d.store.followups_queued() => {}
                 _ = tokio::time::sleep(SWEEP) => {}
             }

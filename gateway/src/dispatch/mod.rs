@@ -89,11 +89,16 @@ enum Ending {
 
 /// Build the dispatcher and start its loop, and the follow-up deliverer beside it (both
 /// tasks are returned). Fails when a backend's token variable is missing.
+///
+/// Shutdown has two phases: `stop` ends the taking of new work (what is queued stays in the
+/// outbox for the next start) while dispatches in flight go on; `abort` abandons those too
+/// (their outbox rows remain). The tasks end when both their loop and their in-flight work have.
 pub fn start(
     config: Arc<Config>,
     store: Store,
     feedback: FeedbackSender,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
+    abort: CancellationToken,
 ) -> Result<(DispatchHandle, Vec<tokio::task::JoinHandle<()>>), ConfigError> {
     let mut problems = Vec::new();
     let mut backends = HashMap::new();
@@ -138,18 +143,19 @@ pub fn start(
     let backends = Arc::new(backends);
     let followups = followup::start(
         followup::Deliverer::new(store.clone(), client.clone(), config.clone(), backends.clone()),
-        shutdown.clone(),
+        stop.clone(),
+        abort.clone(),
     );
-    let d = Arc::new(Dispatcher { store, feedback, client, config, backends, active: active.clone(), shutdown: shutdown.clone() });
+    let d = Arc::new(Dispatcher { store, feedback, client, config, backends, active: active.clone(), shutdown: abort });
     let task = tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let req = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 r = rx.recv() => match r { Some(r) => r, None => break },
             };
             let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
             let d = d.clone();
@@ -159,7 +165,11 @@ pub fn start(
             });
             while tasks.try_join_next().is_some() {}
         }
-        // In-flight attempts see the same shutdown token and stop; their outbox rows remain.
+        // Dispatches in flight finish (or, on abort, stop and leave their outbox rows).
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "letting dispatches in flight finish");
+        }
         while tasks.join_next().await.is_some() {}
     });
     Ok((DispatchHandle { tx, active }, vec![task, followups]))
