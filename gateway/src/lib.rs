@@ -255,11 +255,12 @@ impl Gateway {
                 let _ = t.await;
             }
         });
-        if tokio::time::timeout(self.grace, &mut all).await.is_err() {
-            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "grace period over: what is still in flight stays in the outbox");
-        }
+        let finished_in_time = tokio::time::timeout(self.grace, &mut all).await.is_ok();
         self.abort.cancel();
-        let _ = all.await;
+        if !finished_in_time {
+            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "grace period over: what is still in flight stays in the outbox");
+            let _ = all.await;
+        }
         self.store.flush().await;
         if let Some((stop, thread)) = self.broker {
             stop.cancel();

@@ -36,6 +36,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     c.store.data_dir = data_dir.to_owned();
     c.dispatch.backoff_initial_ms = 10;
     c.dispatch.backoff_max_ms = 50;
+    // Dispatches still retrying when a test stops its gateway need not be waited for.
+    c.shutdown.grace_ms = 500;
     // Rule files and resident changes are noticed within a few polls, not a second.
     c.rules.watch_interval_ms = 20;
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
