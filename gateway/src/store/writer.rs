@@ -8,6 +8,7 @@
 
 use super::model::*;
 use super::StoreError;
+use crate::clock::now_ms;
 use crate::telemetry;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::json;
@@ -42,6 +43,12 @@ pub enum Transition {
 pub(crate) enum Command {
     Press(PressEntry, Reply<PressOutcome>),
     Attempt(AttemptRecord),
+    /// The `received` feedback of a new request went out (a stage of its latency breakdown).
+    ReceivedSent {
+        request_id: String,
+        journaled_at: Option<i64>,
+        at: i64,
+    },
     Dispatched {
         request_id: String,
         backend: String,
@@ -114,9 +121,15 @@ impl Staged {
         }
     }
 
-    fn deliver(self) {
+    /// Answer the caller; a new request learns when its commit finished.
+    fn deliver(self, committed_at: i64) {
         match self {
-            Staged::Press(r, v) => drop(r.send(v)),
+            Staged::Press(r, mut v) => {
+                if let Ok(PressOutcome::Created(req)) = &mut v {
+                    req.journaled_at = Some(committed_at);
+                }
+                drop(r.send(v))
+            }
             Staged::Notice(r, v) => drop(r.send(v)),
             Staged::Transition(r, v) => drop(r.send(v)),
             Staged::Flush(r) => drop(r.send(())),
@@ -200,6 +213,13 @@ impl Writer {
                             telemetry::store_error("attempt", &e);
                         }
                     }
+                    Command::ReceivedSent { request_id, journaled_at, at } => {
+                        // One statement: atomic on its own, no savepoint needed.
+                        let detail = json!({"journaled_at": journaled_at});
+                        if let Err(e) = event(&tx, &request_id, at, "received", None, Some(detail)) {
+                            telemetry::store_error("received", &e);
+                        }
+                    }
                     Command::Dispatched { request_id, backend, reference, eta_s, at, reply } => {
                         let r = in_savepoint(&tx, |tx| {
                             dispatched(tx, &request_id, &backend, reference.as_deref(), eta_s, at, &mut deltas)
@@ -242,10 +262,11 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.state.healthy.store(true, Ordering::Relaxed);
+                let committed_at = now_ms();
                 telemetry::store_commit(started.elapsed(), n);
                 self.apply(deltas);
                 for s in staged {
-                    s.deliver();
+                    s.deliver(committed_at);
                 }
             }
             Err(e) => {
@@ -389,6 +410,7 @@ fn press(
                 resident_id: e.resident_id.clone(),
                 created_at: e.intake_at,
                 attempts: 0,
+                journaled_at: None,
             }))
         }
         PressAction::Cancel { window_ms } => {
