@@ -22,6 +22,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use yijian_wire::{decode_press, decode_status, topic, Feedback, Gesture, RejectReason};
 
 /// A device clock further than this from the gateway's is counted as skewed.
@@ -53,8 +54,9 @@ struct Pending {
 enum Work {
     /// Nothing to wait for (rejected, or the journal refused at once).
     Done,
-    /// Waiting for the journal's commit.
-    Press { rx: oneshot::Receiver<Result<PressOutcome, StoreError>>, started: Instant, gesture: Gesture },
+    /// Waiting for the journal's commit. `span` carries the press's ids to the lines logged
+    /// after the commit.
+    Press { rx: oneshot::Receiver<Result<PressOutcome, StoreError>>, started: Instant, gesture: Gesture, span: tracing::Span },
 }
 
 /// Connect the press subscriber and run it until `shutdown`. Returns once the subscription
@@ -132,7 +134,12 @@ async fn take_press(ctx: &IntakeContext, p: &Publish) -> Work {
         telemetry::press_rejected(RejectReason::BadTopic, None, "topic outside yijian/v1/devices/{id}/press");
         return Work::Done;
     };
-    let device_id = device_id.to_owned();
+    let span = telemetry::press_span(device_id);
+    take_valid_press(ctx, p, device_id.to_owned(), started, span.clone()).instrument(span).await
+}
+
+/// The rest of [`take_press`], inside the press's span.
+async fn take_valid_press(ctx: &IntakeContext, p: &Publish, device_id: String, started: Instant, span: tracing::Span) -> Work {
     let (press, unknown) = match decode_press(&p.payload) {
         Ok(v) => v,
         Err(r) => {
@@ -141,6 +148,7 @@ async fn take_press(ctx: &IntakeContext, p: &Publish) -> Work {
             return Work::Done;
         }
     };
+    span.record("press_id", press.id.as_str());
     if unknown > 0 {
         telemetry::press_unknown_fields(unknown);
     }
@@ -179,7 +187,7 @@ async fn take_press(ctx: &IntakeContext, p: &Publish) -> Work {
         intake_at,
     };
     match ctx.store.submit_press(entry).await {
-        Ok(rx) => Work::Press { rx, started, gesture },
+        Ok(rx) => Work::Press { rx, started, gesture, span },
         Err(e) => {
             telemetry::store_error("press", &e);
             telemetry::press_received(gesture, "store_error");
@@ -191,12 +199,12 @@ async fn take_press(ctx: &IntakeContext, p: &Publish) -> Work {
 /// Wait for each journal answer in receive order, act on it, then PUBACK the publish.
 async fn acker(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, generation: Arc<AtomicU64>, ctx: Arc<IntakeContext>) {
     while let Some(p) = rx.recv().await {
-        if let Work::Press { rx, started, gesture } = p.work {
+        if let Work::Press { rx, started, gesture, span } = p.work {
             match rx.await {
-                Ok(Ok(outcome)) => after_commit(&ctx, outcome, started, gesture).await,
+                Ok(Ok(outcome)) => after_commit(&ctx, outcome, started, gesture, &span).instrument(span.clone()).await,
                 Ok(Err(e)) => {
                     // No `received`: the device keeps the press and retransmits it.
-                    tracing::warn!(error = %e, "press not journaled; the device will retransmit");
+                    span.in_scope(|| tracing::warn!(error = %e, "press not journaled; the device will retransmit"));
                     telemetry::press_received(gesture, "store_error");
                 }
                 Err(_) => telemetry::press_received(gesture, "store_error"),
@@ -212,9 +220,10 @@ async fn acker(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, generation:
     }
 }
 
-async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Instant, gesture: Gesture) {
+async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Instant, gesture: Gesture, span: &tracing::Span) {
     match outcome {
         PressOutcome::Created(req) => {
+            span.record("request_id", req.id.as_str());
             let fb = Feedback {
                 press: Some(req.press.id.clone()),
                 request: Some(req.id.clone()),
@@ -226,9 +235,13 @@ async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Insta
                 at: now_ms(),
             };
             ctx.feedback.send(&req.device_id, &fb).await;
+            let sent_at = now_ms();
             telemetry::intake_to_received(started.elapsed());
+            telemetry::press_to_received(req.service, req.press.at, sent_at);
             telemetry::press_received(gesture, "request");
-            tracing::info!(request_id = %req.id, device_id = %req.device_id, press_id = %req.press.id, service = %req.service, "request created");
+            telemetry::request_created(req.service, req.priority);
+            ctx.store.received_sent(&req.id, req.journaled_at, sent_at);
+            tracing::info!(service = %req.service, priority = %req.priority, "request created");
             ctx.dispatch.submit(req).await;
         }
         PressOutcome::Duplicate(notice) => {
@@ -238,7 +251,8 @@ async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Insta
         PressOutcome::Cancelled { notice, backend } => {
             telemetry::press_received(gesture, "cancel");
             if let Some(rid) = &notice.request_id {
-                tracing::info!(request_id = %rid, device_id = %notice.device_id, "request cancelled by the resident");
+                span.record("request_id", rid.as_str());
+                tracing::info!("request cancelled by the resident");
                 ctx.dispatch.cancel(rid, backend);
             }
             ctx.feedback.notify(&notice).await;
@@ -297,6 +311,7 @@ pub async fn start_statuses(
 struct Presence {
     online: HashMap<String, (bool, i64)>,
     online_count: usize,
+    offline_count: usize,
 }
 
 /// How often an unchanged heartbeat is written to the journal.
@@ -326,8 +341,16 @@ async fn take_status(ctx: &IntakeContext, tracker: &mut Presence, p: &Publish) {
     let changed = prev.map(|(o, _)| o) != Some(status.online);
     let stale = prev.map(|(_, t)| now - t >= STATUS_PERSIST_MS).unwrap_or(true);
     match (prev.map(|(o, _)| o), status.online) {
-        (Some(true), false) => tracker.online_count -= 1,
-        (Some(false) | None, true) => tracker.online_count += 1,
+        (Some(true), false) => {
+            tracker.online_count -= 1;
+            tracker.offline_count += 1;
+        }
+        (Some(false), true) => {
+            tracker.offline_count -= 1;
+            tracker.online_count += 1;
+        }
+        (None, true) => tracker.online_count += 1,
+        (None, false) => tracker.offline_count += 1,
         _ => {}
     }
     if changed || stale {
@@ -337,5 +360,5 @@ async fn take_status(ctx: &IntakeContext, tracker: &mut Presence, p: &Publish) {
     } else if let Some(entry) = tracker.online.get_mut(device_id) {
         entry.0 = status.online;
     }
-    telemetry::devices_connected(tracker.online_count);
+    telemetry::devices_connected(tracker.online_count, tracker.offline_count);
 }
