@@ -4,7 +4,7 @@
 //! 5 s, jittered, and after every reconnect), jittered exponential reconnect backoff.
 
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -73,6 +73,8 @@ struct Shared {
     stats: Mutex<DeviceStats>,
     /// Set after the first successful CONNACK; cleared by connection errors.
     connected: Mutex<bool>,
+    /// Signalled once the DISCONNECT asked for by [`SimDevice::disconnect`] has gone out.
+    gone: tokio::sync::Notify,
 }
 
 /// A running simulated device.
@@ -148,6 +150,7 @@ impl SimDevice {
             unanswered: Mutex::new(HashMap::new()),
             stats: Mutex::new(DeviceStats { connects: 1, ..Default::default() }),
             connected: Mutex::new(true),
+            gone: tokio::sync::Notify::new(),
         });
         let (tx, heard) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
@@ -243,9 +246,18 @@ impl SimDevice {
         *self.shared.connected.lock().expect("lock")
     }
 
-    /// Disconnect cleanly and stop the background tasks.
+    /// Say goodbye and disconnect cleanly, then stop the background tasks. A clean DISCONNECT
+    /// discards the last will, so the device first publishes its own retained
+    /// `{"online":false}`: the gateway's count of connected devices must not keep a device that
+    /// left politely.
     pub async fn disconnect(self) {
-        let _ = self.client.disconnect().await;
+        let status = topic::topic(&self.id, topic::Kind::Status);
+        let bye = serde_json::json!({"online": false, "at": epoch_ms()}).to_string();
+        let _ = self.client.publish(status, QoS::AtLeastOnce, true, bye).await;
+        if self.client.disconnect().await.is_ok() {
+            // Wait (briefly) for the event loop to send both before stopping it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.gone.notified()).await;
+        }
         self.stop.cancel();
     }
 }
@@ -293,6 +305,10 @@ async fn event_loop(
                     shared.stats.lock().expect("lock").retransmits += 1;
                     let _ = client.try_publish(&press_topic, QoS::AtLeastOnce, false, payload);
                 }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                shared.gone.notify_one();
+                return;
             }
             Ok(_) => {}
             Err(_) => {

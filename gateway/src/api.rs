@@ -188,7 +188,7 @@ async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Jso
                 OperatorAction::Ack => telemetry::operator_answer((at - created_at).max(0) as f64 / 1000.0),
                 OperatorAction::Close | OperatorAction::Cancel => s.feedback.notify(&notice).await,
             }
-            tracing::info!(request_id = %id, action = name, "operator action");
+            tracing::info!(request_id = %id, device_id = %notice.device_id, press_id = %notice.press_id, action = name, "operator action");
             view(&s, id).await
         }
         Ok(Transition::NotFound) => {
@@ -256,6 +256,7 @@ async fn events(
     match s.store.callback(&id, state, body.eta_s, body.reference, now_ms()).await? {
         Transition::Applied { notice, .. } => {
             telemetry::callback("ok");
+            tracing::info!(request_id = %id, device_id = %notice.device_id, press_id = %notice.press_id, %state, "backend callback");
             s.feedback.notify(&notice).await;
             view(&s, id).await
         }

@@ -121,6 +121,12 @@ impl Protocol for Acl {
     fn read_mut(&mut self, stream: &mut bytes::BytesMut, max_size: usize) -> Result<Packet, ProtocolError> {
         let packet = self.inner.read_mut(stream, max_size)?;
         match &packet {
+            // A second CONNECT is a protocol violation (MQTT 3.1.1 §3.1). Refused here, before
+            // rumqttd sees it: it would otherwise switch this ACL to another client id (even a
+            // gateway one) and rumqttd's router would log the packet, password included.
+            Packet::Connect(connect, ..) if self.client_id.is_some() => {
+                return Err(self.refuse("second_connect", &connect.client_id));
+            }
             Packet::Connect(connect, _, will, _, _) => {
                 self.client_id = Some(connect.client_id.clone());
                 self.exempt = is_gateway_client(&connect.client_id);

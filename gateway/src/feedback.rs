@@ -47,7 +47,7 @@ impl FeedbackSender {
         let t = topic::topic(device_id, topic::Kind::Feedback);
         match self.client.publish(t, QoS::AtLeastOnce, false, feedback.to_json()).await {
             Ok(()) => telemetry::feedback_sent(feedback.state),
-            Err(e) => tracing::error!(device_id, error = %e, "feedback could not be queued"),
+            Err(e) => telemetry::feedback_failed(feedback.state, device_id, &e),
         }
     }
 

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use yijian_wire::{decode_press, decode_status, topic, Feedback, Gesture, RejectReason};
 
 /// A device clock further than this from the gateway's is counted as skewed.
@@ -64,6 +65,8 @@ struct Pending {
     gesture: Gesture,
     /// `device_id \0 press_id`, in [`Queued`] until the commit answers.
     key: String,
+    /// Carries the press's ids to the lines logged after the commit.
+    span: tracing::Span,
 }
 
 /// Presses queued for the journal and not yet committed. A device retransmits every 5 s until
@@ -153,7 +156,19 @@ async fn take_press(ctx: &IntakeContext, queued: &Queued, p: &Publish) -> Option
         telemetry::press_rejected(RejectReason::BadTopic, None, "topic outside yijian/v1/devices/{id}/press");
         return None;
     };
-    let device_id = device_id.to_owned();
+    let span = telemetry::press_span(device_id);
+    take_valid_press(ctx, queued, p, device_id.to_owned(), started, span.clone()).instrument(span).await
+}
+
+/// The rest of [`take_press`], inside the press's span.
+async fn take_valid_press(
+    ctx: &IntakeContext,
+    queued: &Queued,
+    p: &Publish,
+    device_id: String,
+    started: Instant,
+    span: tracing::Span,
+) -> Option<Pending> {
     let (press, unknown) = match decode_press(&p.payload) {
         Ok(v) => v,
         Err(r) => {
@@ -162,6 +177,7 @@ async fn take_press(ctx: &IntakeContext, queued: &Queued, p: &Publish) -> Option
             return None;
         }
     };
+    span.record("press_id", press.id.as_str());
     if unknown > 0 {
         telemetry::press_unknown_fields(unknown);
     }
@@ -216,7 +232,7 @@ async fn take_press(ctx: &IntakeContext, queued: &Queued, p: &Publish) -> Option
         intake_at,
     };
     match ctx.store.submit_press(entry).await {
-        Ok(rx) => Some(Pending { rx, started, gesture, key }),
+        Ok(rx) => Some(Pending { rx, started, gesture, key, span }),
         Err(e) => {
             queued.lock().expect("queued lock is never poisoned").remove(&key);
             telemetry::store_error("press", &e);
@@ -228,14 +244,14 @@ async fn take_press(ctx: &IntakeContext, queued: &Queued, p: &Publish) -> Option
 
 /// Wait for each journal answer in receive order and act on it.
 async fn responder(mut rx: mpsc::Receiver<Pending>, ctx: Arc<IntakeContext>, queued: Queued) {
-    while let Some(Pending { rx, started, gesture, key }) = rx.recv().await {
+    while let Some(Pending { rx, started, gesture, key, span }) = rx.recv().await {
         let result = rx.await;
         queued.lock().expect("queued lock is never poisoned").remove(&key);
         match result {
-            Ok(Ok(outcome)) => after_commit(&ctx, outcome, started, gesture).await,
+            Ok(Ok(outcome)) => after_commit(&ctx, outcome, started, gesture, &span).instrument(span.clone()).await,
             Ok(Err(e)) => {
                 // No `received`: the device keeps the press and retransmits it.
-                tracing::warn!(error = %e, "press not journaled; the device will retransmit");
+                span.in_scope(|| tracing::warn!(error = %e, "press not journaled; the device will retransmit"));
                 telemetry::press_received(gesture, "store_error");
             }
             Err(_) => telemetry::press_received(gesture, "store_error"),
@@ -243,9 +259,10 @@ async fn responder(mut rx: mpsc::Receiver<Pending>, ctx: Arc<IntakeContext>, que
     }
 }
 
-async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Instant, gesture: Gesture) {
+async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Instant, gesture: Gesture, span: &tracing::Span) {
     match outcome {
         PressOutcome::Created(req) => {
+            span.record("request_id", req.id.as_str());
             let fb = Feedback {
                 press: Some(req.press.id.clone()),
                 request: Some(req.id.clone()),
@@ -257,9 +274,13 @@ async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Insta
                 at: now_ms(),
             };
             ctx.feedback.send(&req.device_id, &fb).await;
+            let sent_at = now_ms();
             telemetry::intake_to_received(started.elapsed());
+            telemetry::press_to_received(req.service, req.press.at, sent_at);
             telemetry::press_received(gesture, "request");
-            tracing::debug!(request_id = %req.id, device_id = %req.device_id, press_id = %req.press.id, service = %req.service, "request created");
+            telemetry::request_created(req.service, req.priority);
+            ctx.store.received_sent(&req.id, req.journaled_at, sent_at);
+            tracing::info!(service = %req.service, priority = %req.priority, "request created");
             ctx.dispatch.submit(req).await;
         }
         PressOutcome::Duplicate(notice) => {
@@ -270,7 +291,8 @@ async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Insta
             telemetry::press_received(gesture, "cancel");
             telemetry::cancel("cancelled");
             if let Some(rid) = &notice.request_id {
-                tracing::info!(request_id = %rid, device_id = %notice.device_id, "request cancelled by the resident");
+                span.record("request_id", rid.as_str());
+                tracing::info!("request cancelled by the resident");
                 ctx.dispatch.cancel(rid, backend);
             }
             ctx.feedback.notify(&notice).await;
@@ -340,6 +362,7 @@ pub async fn start_statuses(
 struct Presence {
     online: HashMap<String, (bool, i64)>,
     online_count: usize,
+    offline_count: usize,
 }
 
 /// How often an unchanged heartbeat is written to the journal.
@@ -369,8 +392,16 @@ async fn take_status(ctx: &IntakeContext, tracker: &mut Presence, p: &Publish) {
     let changed = prev.map(|(o, _)| o) != Some(status.online);
     let stale = prev.map(|(_, t)| now - t >= STATUS_PERSIST_MS).unwrap_or(true);
     match (prev.map(|(o, _)| o), status.online) {
-        (Some(true), false) => tracker.online_count -= 1,
-        (Some(false) | None, true) => tracker.online_count += 1,
+        (Some(true), false) => {
+            tracker.online_count -= 1;
+            tracker.offline_count += 1;
+        }
+        (Some(false), true) => {
+            tracker.offline_count -= 1;
+            tracker.online_count += 1;
+        }
+        (None, true) => tracker.online_count += 1,
+        (None, false) => tracker.offline_count += 1,
         _ => {}
     }
     if changed || stale {
@@ -380,5 +411,5 @@ async fn take_status(ctx: &IntakeContext, tracker: &mut Presence, p: &Publish) {
     } else if let Some(entry) = tracker.online.get_mut(device_id) {
         entry.0 = status.online;
     }
-    telemetry::devices_connected(tracker.online_count);
+    telemetry::devices_connected(tracker.online_count, tracker.offline_count);
 }

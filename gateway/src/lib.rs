@@ -192,23 +192,8 @@ impl Gateway {
             })
         };
 
-        tracing::info!(
-            mqtt = %config.mqtt.listen,
-            http = %http_addr,
-            data_dir = %config.store.data_dir.display(),
-            rules = %rules_desc,
-            "yijian gateway ready"
-        );
-        for s in yijian_wire::Service::ALL {
-            let r = config.route(*s);
-            tracing::info!(
-                service = %s,
-                backends = %r.backends.join(" → "),
-                attempt_timeout_ms = r.attempt_timeout.as_millis() as u64,
-                deadline_s = r.deadline.as_secs(),
-                "route"
-            );
-        }
+        let sampler = telemetry::sampler::start(store.clone(), shutdown.clone());
+        telemetry::startup::log(&config, http_addr, &rules_desc);
 
         Ok(Gateway {
             mqtt_addr: config.mqtt.listen,
@@ -221,7 +206,7 @@ impl Gateway {
             accounts,
             grace: Duration::from_millis(config.shutdown.grace_ms),
             tasks: {
-                tasks.extend([presses, statuses, replay, http_task]);
+                tasks.extend([presses, statuses, replay, http_task, sampler]);
                 tasks
             },
             broker: Some((broker_stop, broker_thread)),

@@ -266,8 +266,13 @@ async fn the_outbox_is_replayed_after_a_restart() -> Result<()> {
     let press = dev.press("main", Gesture::Triple).await?;
     let heard = dev.wait_for(&press, FeedbackState::Received, WAIT).await?;
     let rid = heard[0].feedback.request.clone().unwrap();
-    // Wait until the failing backend has been tried at least once, then stop the gateway.
-    while !mock.hits().iter().any(|h| h.key == rid) {
+    // Wait until a failed attempt is journaled (not merely seen by the backend: the gateway
+    // records it only once the answer is in), then stop the gateway.
+    loop {
+        let (_, v) = gw.get(&format!("/api/v1/requests/{rid}")).await?;
+        if v["history"].as_array().is_some_and(|h| h.iter().any(|e| e["kind"] == "attempt")) {
+            break;
+        }
         dev.next_feedback(std::time::Duration::from_millis(50)).await.ok();
     }
     gw.stop().await;

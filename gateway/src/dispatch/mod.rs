@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Where intake (and the outbox replay) hand requests over; cheap to clone.
 #[derive(Clone)]
@@ -78,6 +79,8 @@ mod reason {
     pub const REFUSED: &str = "refused";
     /// The service deadline passed.
     pub const DEADLINE: &str = "deadline";
+    /// Every reason, for registering the metric's series at zero.
+    pub const ALL: &[&str] = &[ROUTED, FAILOVER, REFUSED, DEADLINE];
 }
 
 enum Ending {
@@ -130,6 +133,7 @@ pub fn start(
     if !problems.is_empty() {
         return Err(ConfigError { source_name: None, problems });
     }
+    telemetry::escalation_reasons(reason::ALL);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)
@@ -159,10 +163,14 @@ pub fn start(
                 p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
             let d = d.clone();
-            tasks.spawn(async move {
-                d.run(req).await;
-                drop(permit);
-            });
+            let span = telemetry::request_span(&req.id, &req.device_id, &req.press.id, req.service);
+            tasks.spawn(
+                async move {
+                    d.run(req).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
             while tasks.try_join_next().is_some() {}
         }
         // Dispatches in flight finish (or, on abort, stop and leave their outbox rows).
@@ -186,10 +194,10 @@ impl Dispatcher {
                 let at = now_ms();
                 let notice = self.journal(|| self.store.dispatched(&req.id, &backend, reference.clone(), eta_s, at)).await;
                 if let Some(notice) = notice {
-                    if (at - req.press.at).abs() <= 24 * 3600 * 1000 {
-                        telemetry::press_to_dispatched(req.service, (at - req.press.at).max(0) as f64 / 1000.0);
+                    if let Some(secs) = telemetry::since_press(req.press.at, at) {
+                        telemetry::press_to_dispatched(req.service, secs);
                     }
-                    tracing::debug!(request_id = %req.id, backend = %backend, "request dispatched");
+                    tracing::debug!(backend = %backend, "request dispatched");
                     self.feedback.notify(&notice).await;
                 }
             }
@@ -198,7 +206,7 @@ impl Dispatcher {
                 let notice = self.journal(|| self.store.escalated(&req.id, why, contacts.clone(), now_ms())).await;
                 if let Some(notice) = notice {
                     telemetry::escalation(req.service, why);
-                    tracing::warn!(request_id = %req.id, service = %req.service, reason = why, "request escalated to the desk");
+                    tracing::warn!(reason = why, "request escalated to the desk");
                     self.feedback.notify(&notice).await;
                 }
             }
@@ -326,14 +334,14 @@ impl Dispatcher {
                         }
                         AttemptResult::Refused(status) => {
                             backend.breaker.success();
-                            tracing::warn!(request_id = %req.id, backend = %name, status, "backend refused the request");
+                            tracing::warn!(backend = %name, status, "backend refused the request");
                             refused.insert(name.as_str());
                             break;
                         }
                         AttemptResult::Failed { label, retry_after } => {
                             backend.breaker.failure();
                             failed_any = true;
-                            tracing::debug!(request_id = %req.id, backend = %name, result = label, "attempt failed");
+                            tracing::debug!(backend = %name, result = label, "attempt failed");
                             if i + 1 < dcfg.attempts_per_backend {
                                 let wait = retry_after.unwrap_or_else(|| {
                                     backoff::delay(round * dcfg.attempts_per_backend + i, initial, max, &mut rand::thread_rng())

@@ -10,6 +10,7 @@ pub mod followup;
 pub mod model;
 pub mod read;
 mod schema;
+pub mod stages;
 mod writer;
 
 pub use model::*;
@@ -99,6 +100,17 @@ impl Store {
     /// Record a dispatch attempt (no wait: it rides the next batch).
     pub async fn attempt(&self, a: AttemptRecord) {
         let _ = self.tx.send(Command::Attempt(a)).await;
+    }
+
+    /// The `received` feedback of a new request went out at `at`; `journaled_at` is when its
+    /// commit finished. Fire and forget: it rides the next batch, and when the journal's queue
+    /// is full it is dropped rather than make intake wait (it is a measurement, not a fact the
+    /// gateway acts on).
+    pub fn received_sent(&self, request_id: &str, journaled_at: Option<i64>, at: i64) {
+        let cmd = Command::ReceivedSent { request_id: request_id.to_owned(), journaled_at, at };
+        if self.tx.try_send(cmd).is_err() {
+            tracing::debug!(request_id, "received stage not recorded: the journal queue is full");
+        }
     }
 
     /// A backend accepted the request. `None` when it was cancelled or closed meanwhile.

@@ -148,6 +148,9 @@ pub struct Request {
     pub created_at: i64,
     /// Dispatch attempts already journaled (non-zero after a restart).
     pub attempts: u32,
+    /// When the journal's commit of the press finished, epoch ms; `None` when the request was
+    /// replayed from the outbox. Recorded with the `received` stage (see `Store::received_sent`).
+    pub journaled_at: Option<i64>,
 }
 
 /// The journal's answer to a press.

@@ -38,6 +38,9 @@ pub struct RequestView {
     /// Every state change, attempt and callback, oldest first (detail view only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<EventView>>,
+    /// The latency breakdown: each stage's time and ms since the press (detail view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<super::stages::Stages>,
 }
 
 /// The press that created a request.
@@ -111,6 +114,7 @@ fn request_view(r: &Row<'_>) -> rusqlite::Result<RequestView> {
         cancel_requested_at: opt_time(22)?,
         resident: None,
         history: None,
+        stages: None,
     })
 }
 
@@ -155,7 +159,14 @@ pub fn get_request(c: &Connection, request_id: &str) -> Result<Option<RequestVie
         let record = crate::residents::load(c, id)?;
         view.resident = Some(record.map(|r| serde_json::to_value(r).expect("residents serialize")).unwrap_or_default());
     }
+    view.stages = super::stages::load(c, request_id)?.map(|t| t.stages());
     Ok(Some(view))
+}
+
+/// Creation time of the oldest request waiting at the desk for an operator, epoch ms.
+pub fn oldest_escalated(c: &Connection) -> Result<Option<i64>, StoreError> {
+    Ok(c.prepare_cached("SELECT min(created_at) FROM requests WHERE state = 'escalated'")?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))?)
 }
 
 /// The backend that accepted a request, if any.
@@ -204,6 +215,7 @@ pub fn outbox(c: &Connection) -> Result<Vec<Request>, StoreError> {
             resident_id,
             created_at,
             attempts,
+            journaled_at: None,
         });
     }
     Ok(out)

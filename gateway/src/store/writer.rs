@@ -9,6 +9,7 @@
 use super::followup::{self, Followup, NotifyContacts};
 use super::model::*;
 use super::StoreError;
+use crate::clock::now_ms;
 use crate::telemetry;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::json;
@@ -43,6 +44,12 @@ pub enum Transition {
 pub(crate) enum Command {
     Press(PressEntry, Reply<PressOutcome>),
     Attempt(AttemptRecord),
+    /// The `received` feedback of a new request went out (a stage of its latency breakdown).
+    ReceivedSent {
+        request_id: String,
+        journaled_at: Option<i64>,
+        at: i64,
+    },
     Dispatched {
         request_id: String,
         backend: String,
@@ -135,9 +142,15 @@ impl Staged {
         }
     }
 
-    fn deliver(self) {
+    /// Answer the caller; a new request learns when its commit finished.
+    fn deliver(self, committed_at: i64) {
         match self {
-            Staged::Press(r, v) => drop(r.send(v)),
+            Staged::Press(r, mut v) => {
+                if let Ok(PressOutcome::Created(req)) = &mut v {
+                    req.journaled_at = Some(committed_at);
+                }
+                drop(r.send(v))
+            }
             Staged::Notice(r, v) => drop(r.send(v)),
             Staged::Transition(r, v) => drop(r.send(v)),
             Staged::Done(r, v) => drop(r.send(v)),
@@ -222,6 +235,13 @@ impl Writer {
                             telemetry::store_error("attempt", &e);
                         }
                     }
+                    Command::ReceivedSent { request_id, journaled_at, at } => {
+                        // One statement: atomic on its own, no savepoint needed.
+                        let detail = json!({"journaled_at": journaled_at});
+                        if let Err(e) = event(&tx, &request_id, at, "received", None, Some(detail)) {
+                            telemetry::store_error("received", &e);
+                        }
+                    }
                     Command::Dispatched { request_id, backend, reference, eta_s, at, reply } => {
                         let r = in_savepoint(&tx, |tx| {
                             dispatched(tx, &request_id, &backend, reference.as_deref(), eta_s, at, &mut deltas)
@@ -273,13 +293,14 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.state.healthy.store(true, Ordering::Relaxed);
+                let committed_at = now_ms();
                 telemetry::store_commit(started.elapsed(), n);
                 self.apply(deltas);
                 if followup::take_queued() {
                     self.state.followups.notify_one();
                 }
                 for s in staged {
-                    s.deliver();
+                    s.deliver(committed_at);
                 }
             }
             Err(e) => {
@@ -425,6 +446,7 @@ fn press(
                 resident_id: e.resident_id.clone(),
                 created_at: e.intake_at,
                 attempts: 0,
+                journaled_at: None,
             }))
         }
         PressAction::Cancel { window_ms } => super::cancel::press(c, e, *window_ms, deltas),
