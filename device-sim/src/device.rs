@@ -27,6 +27,9 @@ pub struct DeviceConfig {
     pub retransmit: Duration,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// Connect over TLS with this client configuration (trust anchors, optional client
+    /// certificate); `None` for plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl DeviceConfig {
@@ -38,8 +41,39 @@ impl DeviceConfig {
             broker,
             retransmit: Duration::from_secs(5),
             keep_alive: Duration::from_secs(60),
+            tls: None,
         }
     }
+
+    /// Connect over TLS with `tls`.
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// A TLS client configuration trusting the CA certificates in PEM `ca`, presenting the client
+/// certificate chain and key in PEM `cert` and `key` when given.
+pub fn tls_client_config(ca: &[u8], client: Option<(&[u8], &[u8])>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca) {
+        roots.add(c.map_err(|e| format!("CA: {e}"))?).map_err(|e| format!("CA: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>().map_err(|e| format!("client cert: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| format!("client cert: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }
 
 /// One feedback message as the device heard it.
@@ -125,6 +159,9 @@ impl SimDevice {
             QoS::AtLeastOnce,
             true,
         ));
+        if let Some(tls) = &cfg.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
+        }
         let (client, mut events) = AsyncClient::new(opts, 256);
         // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
         events.network_options.set_tcp_nodelay(true);

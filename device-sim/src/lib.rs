@@ -5,4 +5,4 @@ pub mod backends;
 pub mod device;
 
 pub use backends::{Behaviour, MockBackends, MockOptions, Received};
-pub use device::{DeviceConfig, DeviceError, Heard, SimDevice};
+pub use device::{tls_client_config, DeviceConfig, DeviceError, Heard, SimDevice};

@@ -44,6 +44,12 @@ pub struct Config {
     /// HTTP backends by name.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
+    /// API tokens and roles.
+    #[serde(default)]
+    pub api: crate::api::auth::ApiConfig,
+    /// Flood control: repeated presses, device message rate.
+    #[serde(default)]
+    pub flood: crate::flood::FloodConfig,
 }
 
 /// `[mqtt]`
@@ -62,6 +68,9 @@ pub struct MqttConfig {
     /// Time allowed between TCP accept and MQTT CONNECT, in milliseconds.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u16,
+    /// The optional TLS listener for devices.
+    #[serde(default)]
+    pub tls: Option<crate::broker::tls::TlsSettings>,
 }
 
 /// `[http]`
@@ -207,6 +216,7 @@ impl Default for MqttConfig {
             max_payload_size: default_max_payload(),
             max_connections: default_max_connections(),
             connect_timeout_ms: default_connect_timeout(),
+            tls: None,
         }
     }
 }
@@ -370,6 +380,14 @@ impl Config {
                 p.push(format!("[http]: public_url {url:?} is not a valid URL"));
             }
         }
+        if let Some(tls) = &self.mqtt.tls {
+            p.extend(tls.problems());
+            if tls.listen == self.mqtt.listen {
+                p.push("[mqtt.tls]: listen must differ from [mqtt] listen".into());
+            }
+        }
+        p.extend(self.api.problems(self.backends.keys()));
+        p.extend(self.flood.problems());
         p
     }
 

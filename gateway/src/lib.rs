@@ -18,6 +18,8 @@
 //! - [`feedback`]: messages back to the device.
 //! - [`api`]: health, metrics, requests, operator actions, backend callbacks.
 //! - [`config`], [`telemetry`], [`devices`], [`admin`] (CLI subcommands), [`clock`].
+//! - Security controls (SECURITY.md): [`broker`]'s ACL, rate limit, TLS and eviction,
+//!   [`flood`], [`lifecycle`] (revoke, rotate), [`api::auth`] (tokens and roles).
 //!
 //! [`Gateway::start`] takes a configuration and a bound HTTP listener and returns once the
 //! gateway is ready; `main` only wires.
@@ -30,7 +32,9 @@ pub mod config;
 pub mod devices;
 pub mod dispatch;
 pub mod feedback;
+pub mod flood;
 pub mod intake;
+pub mod lifecycle;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
@@ -101,6 +105,8 @@ pub fn load_rules(cfg: &Config) -> Result<(rules::RuleSet, String), StartError> 
 pub struct Gateway {
     /// Where the embedded broker listens.
     pub mqtt_addr: SocketAddr,
+    /// Where the TLS listener for devices listens, when configured.
+    pub mqtt_tls_addr: Option<SocketAddr>,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
     /// The journal (tests inspect it, inject failures).
@@ -109,7 +115,7 @@ pub struct Gateway {
     pub ready: Arc<api::Readiness>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    broker: JoinHandle<()>,
+    broker: Vec<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -122,14 +128,24 @@ impl Gateway {
         let metrics = telemetry::metrics_handle();
         let store = store::Store::open(&config.db_path(), config.store.max_batch)?;
         let ready = Arc::new(api::Readiness::default());
+        let auth = api::auth::Auth::load(&config.api, &config.store.data_dir)
+            .map_err(|problems| config::ConfigError { source_name: None, problems })?;
+        let tls = match &config.mqtt.tls {
+            Some(t) => Some(Arc::new(broker::tls::TlsHandshake::new(t).map_err(|e| StartError::Io(e.to_string()))?)),
+            None => None,
+        };
 
-        // rumqttd binds its listener inside a task and can only log a failure there; check the
-        // address first so a busy port is a clear start error.
+        // rumqttd binds its listeners inside tasks and can only log a failure there; check the
+        // addresses first so a busy port is a clear start error.
         std::net::TcpListener::bind(config.mqtt.listen)
             .map_err(|e| StartError::Io(format!("cannot listen for MQTT on {}: {e}", config.mqtt.listen)))?;
+        if let Some(t) = &config.mqtt.tls {
+            std::net::TcpListener::bind(t.listen)
+                .map_err(|e| StartError::Io(format!("cannot listen for MQTT over TLS on {}: {e}", t.listen)))?;
+        }
         let directory = devices::Directory::new(store.clone());
-        let accounts = broker::Accounts::new(directory.clone());
-        let broker_task = broker::start(&config.mqtt, accounts.clone());
+        let accounts = broker::Accounts::new(directory.clone(), &config.mqtt);
+        let broker_task = broker::start(&config.mqtt, &config.flood, accounts.clone(), tls);
 
         let feedback = connect_with_retry(|| {
             feedback::FeedbackSender::connect(&config.mqtt, accounts.gateway_secret(), shutdown.clone())
@@ -145,6 +161,7 @@ impl Gateway {
             feedback: feedback.clone(),
             dispatch: dispatch.clone(),
             cancel_window_ms: config.rules.cancel_window_s as i64 * 1000,
+            attach_window_ms: config.flood.attach_window_s as i64 * 1000,
         });
         let presses = connect_with_retry(|| {
             intake::start_presses(&config.mqtt, accounts.gateway_secret(), ctx.clone(), shutdown.clone())
@@ -154,6 +171,17 @@ impl Gateway {
             intake::start_statuses(&config.mqtt, accounts.gateway_secret(), ctx.clone(), shutdown.clone())
         })
         .await?;
+        // Credential changes from here on drop live connections (revoke, rotate).
+        let seen = store.read(store::credentials::last_seq).await?;
+        let evictions = broker::evict::start(
+            config.mqtt.clone(),
+            store.clone(),
+            ctx.directory.clone(),
+            accounts.changes.clone(),
+            accounts.gateway_secret_arc(),
+            seen,
+            shutdown.clone(),
+        );
         // Intake's subscriptions exist: from now on no device message can fall on a topic
         // nobody reads.
         accounts.admit_devices(true);
@@ -173,7 +201,14 @@ impl Gateway {
         };
 
         let http_addr = http.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
-        let app = api::router(api::ApiState { store: store.clone(), feedback, ready: ready.clone(), metrics });
+        let app = api::router(api::ApiState {
+            store: store.clone(),
+            feedback,
+            ready: ready.clone(),
+            metrics,
+            auth: Arc::new(auth),
+            config: config.clone(),
+        });
         let http_task = {
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -185,6 +220,7 @@ impl Gateway {
 
         tracing::info!(
             mqtt = %config.mqtt.listen,
+            mqtt_tls = %config.mqtt.tls.as_ref().map(|t| t.listen.to_string()).unwrap_or_else(|| "off".into()),
             http = %http_addr,
             data_dir = %config.store.data_dir.display(),
             rules = %rules_desc,
@@ -203,11 +239,12 @@ impl Gateway {
 
         Ok(Gateway {
             mqtt_addr: config.mqtt.listen,
+            mqtt_tls_addr: config.mqtt.tls.as_ref().map(|t| t.listen),
             http_addr,
             store,
             ready,
             shutdown,
-            tasks: vec![presses, statuses, dispatch_task, replay, http_task],
+            tasks: vec![presses, statuses, dispatch_task, replay, http_task, evictions],
             broker: broker_task,
         })
     }
@@ -224,8 +261,10 @@ impl Gateway {
             let _ = t.await;
         }
         self.store.flush().await;
-        self.broker.abort();
-        let _ = self.broker.await;
+        for b in self.broker {
+            b.abort();
+            let _ = b.await;
+        }
     }
 
     /// Run until `signal` resolves, then stop.

@@ -3,6 +3,8 @@
 //!
 //! NOTE: no device id, resident id or request id is ever a label: cardinality stays bounded.
 
+pub mod security;
+
 use metrics::{counter, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -119,6 +121,7 @@ fn describe() {
     }
     counter!(PRESS_DUPLICATES_TOTAL).absolute(0);
     gauge!(DEVICES_CONNECTED).set(0.0);
+    security::describe();
 }
 
 /// A valid press was taken in.

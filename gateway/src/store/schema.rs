@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS devices (
@@ -85,6 +85,18 @@ CREATE TABLE IF NOT EXISTS outbox (
 ) WITHOUT ROWID;
 "#;
 
+/// Version 2: credential changes (revocations, rotations) made by the CLI or the admin API in
+/// whatever process; the running gateway polls this log to drop connections that lost their
+/// right to be connected (`broker::evict`). Rows are never deleted: `seq` only grows.
+const V2: &str = r#"
+CREATE TABLE IF NOT EXISTS device_changes (
+    seq            INTEGER PRIMARY KEY,
+    device_id      TEXT NOT NULL,
+    change         TEXT NOT NULL,
+    at             INTEGER NOT NULL
+);
+"#;
+
 /// Settings every connection gets.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -111,6 +123,9 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     if version < 1 {
         conn.execute_batch(&format!("BEGIN; {V1} PRAGMA user_version = 1; COMMIT;"))?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!("BEGIN; {V2} PRAGMA user_version = 2; COMMIT;"))?;
     }
     Ok(())
 }
