@@ -1,7 +1,8 @@
 //! Mock dispatch backends that speak the real HTTP contract of DESIGN §4: `POST /{backend}`
 //! with an Idempotency-Key. A key seen before is answered 409 and not counted twice. Each
 //! backend can be told how to behave (accept, fail with a status, delay, hang), so tests can
-//! drive every failure the gateway must survive.
+//! drive every failure the gateway must survive. `POST /{backend}/{request_id}/updates` takes
+//! the "pressed again" update call (README) and records it.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -94,6 +95,8 @@ pub struct MockBackends {
     inner: Arc<Mutex<Inner>>,
     opts: Arc<MockOptions>,
     stop: CancellationToken,
+    /// Update calls taken so far (a watch, so tests wait without sleeping).
+    updates: Arc<tokio::sync::watch::Sender<Vec<Received>>>,
 }
 
 fn epoch_ms() -> i64 {
@@ -109,10 +112,12 @@ impl MockBackends {
             inner: Arc::new(Mutex::new(Inner::default())),
             opts: Arc::new(opts),
             stop: CancellationToken::new(),
+            updates: Arc::new(tokio::sync::watch::channel(Vec::new()).0),
         };
         let app = Router::new()
             .route("/received", get(list_all))
             .route("/:backend", post(take))
+            .route("/:backend/:request_id/updates", post(take_update))
             .with_state(m.clone());
         let stop = m.stop.clone();
         tokio::spawn(async move {
@@ -151,6 +156,21 @@ impl MockBackends {
         self.received().into_iter().filter(|r| r.backend == backend).collect()
     }
 
+    /// Update calls taken, in arrival order (`key` is their Idempotency-Key).
+    pub fn updates(&self) -> Vec<Received> {
+        self.updates.borrow().clone()
+    }
+
+    /// Wait until at least `n` update calls arrived; returns them.
+    pub async fn wait_updates(&self, n: usize, timeout: Duration) -> Option<Vec<Received>> {
+        let mut rx = self.updates.subscribe();
+        let r = match tokio::time::timeout(timeout, rx.wait_for(|u| u.len() >= n)).await {
+            Ok(Ok(u)) => Some(u.clone()),
+            _ => None,
+        };
+        r
+    }
+
     /// Every attempt that arrived, in order.
     pub fn hits(&self) -> Vec<Hit> {
         self.inner.lock().expect("lock").hits.clone()
@@ -170,6 +190,28 @@ impl MockBackends {
 async fn list_all(State(m): State<MockBackends>) -> Json<serde_json::Value> {
     let inner = m.inner.lock().expect("lock");
     Json(serde_json::json!({"received": inner.received, "duplicates": inner.duplicates, "attempts": inner.hits.len()}))
+}
+
+async fn take_update(
+    State(m): State<MockBackends>,
+    Path((backend, _request_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
+    };
+    let r = Received {
+        backend,
+        key: header("idempotency-key").unwrap_or_default(),
+        attempt: header("x-yijian-attempt").and_then(|a| a.parse().ok()),
+        authorization: header("authorization"),
+        arrived_ms: epoch_ms(),
+        body,
+    };
+    m.updates.send_modify(|u| u.push(r));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, headers: HeaderMap, body: Bytes) -> Response {

@@ -107,6 +107,8 @@ struct Shared {
     stats: Mutex<DeviceStats>,
     /// Set after the first successful CONNACK; cleared by connection errors.
     connected: Mutex<bool>,
+    /// Connection losses so far, watchable (tests wait for a disconnect without sleeping).
+    losses: tokio::sync::watch::Sender<u64>,
 }
 
 /// A running simulated device.
@@ -185,6 +187,7 @@ impl SimDevice {
             unanswered: Mutex::new(HashMap::new()),
             stats: Mutex::new(DeviceStats { connects: 1, ..Default::default() }),
             connected: Mutex::new(true),
+            losses: tokio::sync::watch::channel(0).0,
         });
         let (tx, heard) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
@@ -280,6 +283,14 @@ impl SimDevice {
         *self.shared.connected.lock().expect("lock")
     }
 
+    /// Wait until the broker has closed the connection (counted since the device connected);
+    /// `false` when it stayed up for `timeout`.
+    pub async fn wait_disconnected(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.losses.subscribe();
+        let closed = matches!(tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0)).await, Ok(Ok(_)));
+        closed
+    }
+
     /// Disconnect cleanly and stop the background tasks.
     pub async fn disconnect(self) {
         let _ = self.client.disconnect().await;
@@ -335,6 +346,7 @@ async fn event_loop(
             Err(_) => {
                 *shared.connected.lock().expect("lock") = false;
                 shared.stats.lock().expect("lock").disconnects += 1;
+                shared.losses.send_modify(|n| *n += 1);
                 failures = failures.saturating_add(1);
                 // Jittered exponential reconnect backoff: 0.25 s doubling to 30 s.
                 let base = Duration::from_millis(250).saturating_mul(1 << failures.min(7)).min(Duration::from_secs(30));
