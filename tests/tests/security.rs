@@ -310,7 +310,8 @@ async fn every_api_endpoint_checks_the_token_and_its_role() -> Result<()> {
     let rescue = backend_token("rescue-centre");
     let en_route = json!({"state": "en_route", "eta_s": 300});
     // (method, path, body, a token of the wrong role, the right token, expected status)
-    let cases: Vec<(&str, String, Option<Value>, &str, &str, u16)> = vec![
+    type Case<'a> = (&'a str, String, Option<Value>, &'a str, &'a str, u16);
+    let cases: Vec<Case> = vec![
         ("GET", "/api/v1/requests".into(), None, &taxi, OPERATOR_TOKEN, 200),
         ("GET", format!("/api/v1/requests/{desk_rid}"), None, METRICS_TOKEN, OPERATOR_TOKEN, 200),
         ("POST", format!("/api/v1/requests/{desk_rid}/ack"), Some(json!({})), &taxi, OPERATOR_TOKEN, 200),
