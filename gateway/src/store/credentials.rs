@@ -4,10 +4,12 @@
 //!
 //! NOTE: these run on a read-write connection of their own (the CLI's, or the admin API's), as
 //! `read::add_device` does; SQLite's WAL and busy timeout let them share the file with the
-//! journal's writer.
+//! journal's writer. Their transactions are IMMEDIATE: a deferred one that reads and then
+//! writes fails at once with "database is locked" when the writer committed in between (the
+//! busy timeout does not cover that upgrade).
 
 use super::StoreError;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 /// What a credential change is.
 pub const REVOKED: &str = "revoked";
@@ -44,7 +46,7 @@ fn revoked_state(c: &Connection, device_id: &str) -> Result<Option<bool>, StoreE
 
 /// Revoke a device: it may never connect again, and a running gateway drops its connection.
 pub fn revoke(c: &mut Connection, device_id: &str, at: i64) -> Result<Change, StoreError> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match revoked_state(&tx, device_id)? {
         None => return Ok(Change::NotFound),
         Some(true) => return Ok(Change::Revoked),
@@ -62,7 +64,7 @@ pub fn revoke(c: &mut Connection, device_id: &str, at: i64) -> Result<Change, St
 /// Replace a device's secret digest: the old secret stops working at once, and a running
 /// gateway drops the connection made with it.
 pub fn rotate(c: &mut Connection, device_id: &str, secret_sha256: &[u8], at: i64) -> Result<Change, StoreError> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match revoked_state(&tx, device_id)? {
         None => return Ok(Change::NotFound),
         Some(true) => return Ok(Change::Revoked),
