@@ -7,6 +7,9 @@
 //! `Idempotency-Key: {request_id}:cancel` is answered 200 for a request the backend took,
 //! 404 for one it never took, 409 for a repeated key. A notification webhook (an SMS
 //! gateway) is just another `POST /{backend}`: its calls are in [`MockBackends::received`].
+//!
+//! `POST /{backend}/{request_id}/updates` takes the "pressed again" update call (README) and
+//! records it.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -122,6 +125,8 @@ pub struct MockBackends {
     inner: Arc<Mutex<Inner>>,
     opts: Arc<MockOptions>,
     stop: CancellationToken,
+    /// Update calls taken so far (a watch, so tests wait without sleeping).
+    updates: Arc<tokio::sync::watch::Sender<Vec<Received>>>,
 }
 
 fn epoch_us() -> i64 {
@@ -137,11 +142,13 @@ impl MockBackends {
             inner: Arc::new(Mutex::new(Inner::default())),
             opts: Arc::new(opts),
             stop: CancellationToken::new(),
+            updates: Arc::new(tokio::sync::watch::channel(Vec::new()).0),
         };
         let app = Router::new()
             .route("/received", get(list_all))
             .route("/:backend", post(take))
             .route("/:backend/:request/cancel", post(take_cancel))
+            .route("/:backend/:request_id/updates", post(take_update))
             .with_state(m.clone());
         let stop = m.stop.clone();
         tokio::spawn(async move {
@@ -178,6 +185,21 @@ impl MockBackends {
     /// Requests taken by one backend.
     pub fn received_by(&self, backend: &str) -> Vec<Received> {
         self.received().into_iter().filter(|r| r.backend == backend).collect()
+    }
+
+    /// Update calls taken, in arrival order (`key` is their Idempotency-Key).
+    pub fn updates(&self) -> Vec<Received> {
+        self.updates.borrow().clone()
+    }
+
+    /// Wait until at least `n` update calls arrived; returns them.
+    pub async fn wait_updates(&self, n: usize, timeout: Duration) -> Option<Vec<Received>> {
+        let mut rx = self.updates.subscribe();
+        let r = match tokio::time::timeout(timeout, rx.wait_for(|u| u.len() >= n)).await {
+            Ok(Ok(u)) => Some(u.clone()),
+            _ => None,
+        };
+        r
     }
 
     /// How many attempts arrived (every status).
@@ -271,6 +293,34 @@ async fn take_cancel(
     }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (code, Json(serde_json::json!({"request_id": request, "cancelled": status == 200}))).into_response()
+}
+
+async fn take_update(
+    State(m): State<MockBackends>,
+    Path((backend, _request_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
+    };
+    let arrived_us = epoch_us();
+    let text = |p: &str| body.pointer(p).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let (device_id, press_id) = (text("/device/id"), text("/press/id"));
+    let r = Received {
+        backend,
+        key: header("idempotency-key").unwrap_or_default(),
+        attempt: header("x-yijian-attempt").and_then(|a| a.parse().ok()),
+        authorization: header("authorization"),
+        arrived_ms: arrived_us / 1000,
+        arrived_us,
+        device_id,
+        press_id,
+        body,
+    };
+    m.updates.send_modify(|u| u.push(r));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, headers: HeaderMap, body: Bytes) -> Response {

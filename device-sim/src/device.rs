@@ -27,6 +27,9 @@ pub struct DeviceConfig {
     pub retransmit: Duration,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// Connect over TLS with this client configuration (trust anchors, optional client
+    /// certificate); `None` for plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl DeviceConfig {
@@ -38,8 +41,39 @@ impl DeviceConfig {
             broker,
             retransmit: Duration::from_secs(5),
             keep_alive: Duration::from_secs(60),
+            tls: None,
         }
     }
+
+    /// Connect over TLS with `tls`.
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// A TLS client configuration trusting the CA certificates in PEM `ca`, presenting the client
+/// certificate chain and key in PEM `cert` and `key` when given.
+pub fn tls_client_config(ca: &[u8], client: Option<(&[u8], &[u8])>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca) {
+        roots.add(c.map_err(|e| format!("CA: {e}"))?).map_err(|e| format!("CA: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>().map_err(|e| format!("client cert: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| format!("client cert: {e}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }
 
 /// One feedback message as the device heard it.
@@ -75,6 +109,8 @@ struct Shared {
     connected: Mutex<bool>,
     /// Signalled once the DISCONNECT asked for by [`SimDevice::disconnect`] has gone out.
     gone: tokio::sync::Notify,
+    /// Connection losses so far, watchable (tests wait for a disconnect without sleeping).
+    losses: tokio::sync::watch::Sender<u64>,
 }
 
 /// A running simulated device.
@@ -127,6 +163,9 @@ impl SimDevice {
             QoS::AtLeastOnce,
             true,
         ));
+        if let Some(tls) = &cfg.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
+        }
         let (client, mut events) = AsyncClient::new(opts, 256);
         // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
         events.network_options.set_tcp_nodelay(true);
@@ -151,6 +190,7 @@ impl SimDevice {
             stats: Mutex::new(DeviceStats { connects: 1, ..Default::default() }),
             connected: Mutex::new(true),
             gone: tokio::sync::Notify::new(),
+            losses: tokio::sync::watch::channel(0).0,
         });
         let (tx, heard) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
@@ -246,6 +286,14 @@ impl SimDevice {
         *self.shared.connected.lock().expect("lock")
     }
 
+    /// Wait until the broker has closed the connection (counted since the device connected);
+    /// `false` when it stayed up for `timeout`.
+    pub async fn wait_disconnected(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.losses.subscribe();
+        let closed = matches!(tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0)).await, Ok(Ok(_)));
+        closed
+    }
+
     /// Say goodbye and disconnect cleanly, then stop the background tasks. A clean DISCONNECT
     /// discards the last will, so the device first publishes its own retained
     /// `{"online":false}`: the gateway's count of connected devices must not keep a device that
@@ -314,6 +362,7 @@ async fn event_loop(
             Err(_) => {
                 *shared.connected.lock().expect("lock") = false;
                 shared.stats.lock().expect("lock").disconnects += 1;
+                shared.losses.send_modify(|n| *n += 1);
                 failures = failures.saturating_add(1);
                 // Jittered exponential reconnect backoff: 0.25 s doubling to 30 s.
                 let base = Duration::from_millis(250).saturating_mul(1 << failures.min(7)).min(Duration::from_secs(30));

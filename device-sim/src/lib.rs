@@ -6,4 +6,4 @@ pub mod device;
 pub mod load;
 
 pub use backends::{Behaviour, MockBackends, MockOptions, Received};
-pub use device::{DeviceConfig, DeviceError, Heard, SimDevice};
+pub use device::{tls_client_config, DeviceConfig, DeviceError, Heard, SimDevice};

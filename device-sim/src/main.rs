@@ -45,6 +45,8 @@ enum Command {
         /// Seconds to wait for a final answer (dispatched, escalated, rejected, cancelled, closed).
         #[arg(long, default_value_t = 30)]
         wait: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Load and latency run: N devices (real MQTT connections, persistent sessions,
     /// retransmitting until answered, heartbeating), presses as a Poisson process at R/s
@@ -261,6 +263,35 @@ async fn run(a: RunArgs) -> Result<bool> {
     Ok(report.ok())
 }
 
+/// TLS to the broker's `[mqtt.tls]` listener (port 8883 by convention).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Connect over TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present; its subject CN must be the device id.
+    #[arg(long = "tls-cert", value_name = "FILE", requires_all = ["ca", "key"])]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "tls-key", value_name = "FILE", requires_all = ["ca", "cert"])]
+    key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    fn config(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        let Some(ca) = &self.ca else { return Ok(None) };
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let ca = read(ca)?;
+        let client = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let cfg = yijian_device_sim::tls_client_config(&ca, client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())))
+            .map_err(anyhow::Error::msg)?;
+        Ok(Some(cfg))
+    }
+}
+
 fn resolve(addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("cannot resolve broker address {addr}"))?
@@ -283,10 +314,13 @@ fn median(v: &mut [f64]) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
-async fn press(device: String, secret: String, button: String, gesture: String, broker: String, repeat: u32, wait: u64) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+async fn press(device: String, secret: String, button: String, gesture: String, broker: String, repeat: u32, wait: u64, tls: TlsArgs) -> Result<()> {
     let gesture: Gesture = gesture.parse().map_err(anyhow::Error::msg)?;
     let broker = resolve(&broker)?;
-    let mut dev = SimDevice::connect(DeviceConfig::new(&device, &secret, broker))
+    let mut cfg = DeviceConfig::new(&device, &secret, broker);
+    cfg.tls = tls.config()?;
+    let mut dev = SimDevice::connect(cfg)
         .await
         .with_context(|| format!("device {device} could not connect to {broker} (is it registered, is the secret right?)"))?;
     let mut to_received = Vec::new();
@@ -375,8 +409,8 @@ async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()
 async fn main() {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Press { device, secret, button, gesture, broker, repeat, wait } => {
-            press(device, secret, button, gesture, broker, repeat, wait).await
+        Command::Press { device, secret, button, gesture, broker, repeat, wait, tls } => {
+            press(device, secret, button, gesture, broker, repeat, wait, tls).await
         }
         Command::Backends { listen, latency, fail_rate } => backends(listen, latency, fail_rate).await,
         Command::Run(a) => match run(*a).await {

@@ -2,12 +2,15 @@
 //! callbacks from backends. Every error is JSON `{"error": "..."}` with a 4xx status; a bad
 //! request never produces a 500.
 
+pub mod auth;
+pub mod devices;
+
 use crate::clock::now_ms;
 use crate::feedback::FeedbackSender;
 use crate::store::{self, ListFilter, OperatorAction, RequestState, Store, StoreError, Transition};
 use crate::telemetry;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,6 +46,10 @@ pub struct ApiState {
     pub ready: Arc<Readiness>,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
+    /// Tokens and roles (every route passes [`auth::authorize`]).
+    pub auth: Arc<auth::Auth>,
+    /// The running configuration (admin endpoints: the journal's path, `GET /api/v1/config`).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// The router.
@@ -57,8 +64,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/requests/:id/close", post(close))
         .route("/api/v1/requests/:id/cancel", post(cancel))
         .route("/api/v1/requests/:id/events", post(events))
+        .merge(devices::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::authorize))
         .with_state(state)
 }
 
@@ -70,7 +79,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into() }
     }
     fn bad(message: impl Into<String>) -> Self {
@@ -195,6 +204,7 @@ async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Jso
             telemetry::operator_action(name, "not_found");
             Err(ApiError::new(StatusCode::NOT_FOUND, format!("no request {id}")))
         }
+        Ok(Transition::Forbidden) => Err(ApiError::new(StatusCode::FORBIDDEN, "not allowed")),
         Ok(Transition::Conflict(state)) => {
             telemetry::operator_action(name, "conflict");
             let why = match action {
@@ -237,6 +247,7 @@ struct EventBody {
 
 async fn events(
     State(s): State<ApiState>,
+    Extension(caller): Extension<auth::Caller>,
     Path(id): Path<String>,
     body: Result<Json<EventBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -253,7 +264,8 @@ async fn events(
         telemetry::callback("bad_request");
         return Err(ApiError::bad("ref must be at most 128 characters"));
     }
-    match s.store.callback(&id, state, body.eta_s, body.reference, now_ms()).await? {
+    let backend = caller.backend.as_deref().map(str::to_owned);
+    match s.store.callback(&id, backend, state, body.eta_s, body.reference, now_ms()).await? {
         Transition::Applied { notice, .. } => {
             telemetry::callback("ok");
             tracing::info!(request_id = %id, device_id = %notice.device_id, press_id = %notice.press_id, %state, "backend callback");
@@ -263,6 +275,11 @@ async fn events(
         Transition::NotFound => {
             telemetry::callback("not_found");
             Err(ApiError::new(StatusCode::NOT_FOUND, format!("no request {id}")))
+        }
+        Transition::Forbidden => {
+            telemetry::callback("forbidden");
+            tracing::warn!(request_id = %id, caller = %caller.name, "callback for a request dispatched to another backend");
+            Err(ApiError::new(StatusCode::FORBIDDEN, format!("request {id} was not dispatched to backend {}", caller.backend.as_deref().unwrap_or("?"))))
         }
         Transition::Conflict(cur) => {
             telemetry::callback("conflict");

@@ -50,6 +50,12 @@ pub struct Config {
     /// Where residents' contacts are notified when a request goes to the desk.
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// API tokens and roles.
+    #[serde(default)]
+    pub api: crate::api::auth::ApiConfig,
+    /// Flood control: repeated presses, device message rate.
+    #[serde(default)]
+    pub flood: crate::flood::FloodConfig,
 }
 
 /// `[mqtt]`
@@ -68,6 +74,9 @@ pub struct MqttConfig {
     /// Time allowed between TCP accept and MQTT CONNECT, in milliseconds.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u16,
+    /// The optional TLS listener for devices.
+    #[serde(default)]
+    pub tls: Option<crate::broker::tls::TlsSettings>,
 }
 
 /// `[http]`
@@ -275,6 +284,7 @@ impl Default for MqttConfig {
             max_payload_size: default_max_payload(),
             max_connections: default_max_connections(),
             connect_timeout_ms: default_connect_timeout(),
+            tls: None,
         }
     }
 }
@@ -456,6 +466,14 @@ impl Config {
                 p.push(format!("[http]: public_url {url:?} is not a valid URL"));
             }
         }
+        if let Some(tls) = &self.mqtt.tls {
+            p.extend(tls.problems());
+            if tls.listen == self.mqtt.listen {
+                p.push("[mqtt.tls]: listen must differ from [mqtt] listen".into());
+            }
+        }
+        p.extend(self.api.problems(self.backends.keys()));
+        p.extend(self.flood.problems());
         p
     }
 

@@ -56,6 +56,9 @@ pub struct IntakeContext {
     pub dispatch: DispatchHandle,
     /// Cancel window, in milliseconds.
     pub cancel_window_ms: i64,
+    /// Flood control: a press joins the device's open request of its service created within
+    /// this many milliseconds (0: never).
+    pub attach_window_ms: i64,
 }
 
 /// A press waiting for the journal's commit, kept in receive order.
@@ -230,6 +233,7 @@ async fn take_valid_press(
         rule: decision.rule.name.to_string(),
         resident_id: device.resident_id.as_deref().map(str::to_owned),
         intake_at,
+        attach_window_ms: ctx.attach_window_ms,
     };
     match ctx.store.submit_press(entry).await {
         Ok(rx) => Some(Pending { rx, started, gesture, key, span }),
@@ -311,6 +315,15 @@ async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Insta
                 "the resident asked to cancel a rescue already on its way; an operator must confirm by phone"
             );
             ctx.feedback.notify(&notice).await;
+        }
+        PressOutcome::PressedAgain { notice, update } => {
+            // Flood control (crate::flood): the press joined the open request; the device hears
+            // where that request stands, the backend holding it hears of the urgency.
+            telemetry::press_received(gesture, "pressed_again");
+            ctx.feedback.notify(&notice).await;
+            if let Some(u) = update {
+                ctx.dispatch.pressed_again(u);
+            }
         }
     }
 }

@@ -20,6 +20,8 @@
 //! - [`feedback`]: messages back to the device.
 //! - [`api`]: health, metrics, requests, operator actions, backend callbacks.
 //! - [`config`], [`telemetry`], [`devices`], [`admin`] (CLI subcommands), [`clock`].
+//! - Security controls (SECURITY.md): [`broker`]'s ACL, rate limit, TLS and eviction,
+//!   [`flood`], [`lifecycle`] (revoke, rotate), [`api::auth`] (tokens and roles).
 //!
 //! [`Gateway::start`] takes a configuration and a bound HTTP listener and returns once the
 //! gateway is ready; `main` only wires.
@@ -32,7 +34,9 @@ pub mod config;
 pub mod devices;
 pub mod dispatch;
 pub mod feedback;
+pub mod flood;
 pub mod intake;
+pub mod lifecycle;
 pub mod residents;
 pub mod rules;
 pub mod store;
@@ -83,6 +87,8 @@ pub fn rules_source(cfg: &Config) -> Option<PathBuf> {
 pub struct Gateway {
     /// Where the embedded broker listens.
     pub mqtt_addr: SocketAddr,
+    /// Where the TLS listener for devices listens, when configured.
+    pub mqtt_tls_addr: Option<SocketAddr>,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
     /// The journal (tests inspect it, inject failures).
@@ -114,15 +120,25 @@ impl Gateway {
         let metrics = telemetry::metrics_handle();
         let store = store::Store::open(&config.db_path(), config.store.max_batch)?;
         let ready = Arc::new(api::Readiness::default());
+        let auth = api::auth::Auth::load(&config.api, &config.store.data_dir)
+            .map_err(|problems| config::ConfigError { source_name: None, problems })?;
+        let tls = match &config.mqtt.tls {
+            Some(t) => Some(Arc::new(broker::tls::TlsHandshake::new(t).map_err(|e| StartError::Io(e.to_string()))?)),
+            None => None,
+        };
 
-        // rumqttd binds its listener inside a task and can only log a failure there; check the
-        // address first so a busy port is a clear start error.
+        // rumqttd binds its listeners inside tasks and can only log a failure there; check the
+        // addresses first so a busy port is a clear start error.
         std::net::TcpListener::bind(config.mqtt.listen)
             .map_err(|e| StartError::Io(format!("cannot listen for MQTT on {}: {e}", config.mqtt.listen)))?;
+        if let Some(t) = &config.mqtt.tls {
+            std::net::TcpListener::bind(t.listen)
+                .map_err(|e| StartError::Io(format!("cannot listen for MQTT over TLS on {}: {e}", t.listen)))?;
+        }
         let directory = devices::Directory::new(store.clone());
-        let accounts = broker::Accounts::new(directory.clone());
+        let accounts = broker::Accounts::new(directory.clone(), &config.mqtt);
         let broker_stop = CancellationToken::new();
-        let broker_thread = broker::start(&config.mqtt, accounts.clone(), broker_stop.clone())
+        let broker_thread = broker::start(&config.mqtt, &config.flood, accounts.clone(), tls, broker_stop.clone())
             .map_err(|e| StartError::Io(format!("cannot start the MQTT listener thread: {e}")))?;
 
         let feedback = connect_with_retry(|| {
@@ -154,6 +170,7 @@ impl Gateway {
             feedback: feedback.clone(),
             dispatch: dispatch.clone(),
             cancel_window_ms: config.rules.cancel_window_s as i64 * 1000,
+            attach_window_ms: config.flood.attach_window_s as i64 * 1000,
         });
         let presses = connect_with_retry(|| {
             intake::start_presses(&config.mqtt, accounts.gateway_secret(), ctx.clone(), shutdown.clone())
@@ -163,6 +180,17 @@ impl Gateway {
             intake::start_statuses(&config.mqtt, accounts.gateway_secret(), ctx.clone(), shutdown.clone())
         })
         .await?;
+        // Credential changes from here on drop live connections (revoke, rotate).
+        let seen = store.read(store::credentials::last_seq).await?;
+        let evictions = broker::evict::start(
+            config.mqtt.clone(),
+            store.clone(),
+            ctx.directory.clone(),
+            accounts.changes.clone(),
+            accounts.gateway_secret_arc(),
+            seen,
+            shutdown.clone(),
+        );
         // Intake's subscriptions exist: from now on no device message can fall on a topic
         // nobody reads.
         accounts.admit_devices(true);
@@ -182,7 +210,14 @@ impl Gateway {
         };
 
         let http_addr = http.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
-        let app = api::router(api::ApiState { store: store.clone(), feedback, ready: ready.clone(), metrics });
+        let app = api::router(api::ApiState {
+            store: store.clone(),
+            feedback,
+            ready: ready.clone(),
+            metrics,
+            auth: Arc::new(auth),
+            config: config.clone(),
+        });
         let http_task = {
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -197,6 +232,7 @@ impl Gateway {
 
         Ok(Gateway {
             mqtt_addr: config.mqtt.listen,
+            mqtt_tls_addr: config.mqtt.tls.as_ref().map(|t| t.listen),
             http_addr,
             store,
             ready,
@@ -206,7 +242,7 @@ impl Gateway {
             accounts,
             grace: Duration::from_millis(config.shutdown.grace_ms),
             tasks: {
-                tasks.extend([presses, statuses, replay, http_task, sampler]);
+                tasks.extend([presses, statuses, replay, http_task, sampler, evictions]);
                 tasks
             },
             broker: Some((broker_stop, broker_thread)),

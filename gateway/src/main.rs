@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use yijian_gateway::config::{Config, DEFAULT_CONFIG, EXAMPLE_BACKENDS_CONFIG};
 use yijian_gateway::telemetry::{self, LogFormat};
 use yijian_gateway::admin::explain::ExplainArgs;
-use yijian_gateway::{admin, Gateway};
+use yijian_gateway::api::auth::{self, Role};
+use yijian_gateway::{admin, lifecycle, Gateway};
 use yijian_wire::Gesture;
 
 /// Yijian (一键): the one-touch elderly service gateway.
@@ -63,6 +64,9 @@ enum Command {
     /// Import and show residents (the people behind the devices).
     #[command(subcommand)]
     Residents(ResidentsCmd),
+    /// Make API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -114,6 +118,28 @@ enum DevicesCmd {
         /// The device.
         id: String,
     },
+    /// Show one device.
+    Show {
+        /// Device id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a device a new secret (printed once); the old one stops working and a running
+    /// gateway drops the connection made with it.
+    Rotate {
+        /// Device id.
+        id: String,
+        /// Print {"device_id": ..., "secret": ...} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device: it can never connect again, and a running gateway drops its connection.
+    Revoke {
+        /// Device id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +165,33 @@ enum ResidentsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Make a new API token: prints the token (once) and the [[api.tokens]] entry, holding only
+    /// its SHA-256, to add to the configuration.
+    New {
+        /// Who will hold it (a person, a desk, a backend).
+        #[arg(long)]
+        name: String,
+        /// operator | backend | admin | metrics.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// For role backend: the backend (a [backends] name) it speaks for.
+        #[arg(long)]
+        backend: Option<String>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "operator" => Ok(Role::Operator),
+        "backend" => Ok(Role::Backend),
+        "admin" => Ok(Role::Admin),
+        "metrics" => Ok(Role::Metrics),
+        _ => Err("role must be one of operator|backend|admin|metrics".into()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -231,6 +284,18 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCmd::Check { file }) => admin::config_check(&file, &mut out).map_err(|e| e.to_string()),
         Command::Rules(RulesCmd::Check { dir }) => admin::rules_check(&dir, &mut out).map_err(|e| e.to_string()),
+        Command::Tokens(TokensCmd::New { name, role, backend }) => {
+            if (role == Role::Backend) != backend.is_some() {
+                Err("--backend NAME is required for role backend, and only for it".into())
+            } else {
+                use std::io::Write;
+                let (token, digest) = auth::new_token();
+                writeln!(out, "token: {token}")
+                    .and_then(|_| writeln!(out, "Give it to {name}; it is shown only this once. Add to the configuration and restart:\n"))
+                    .and_then(|_| write!(out, "{}", auth::token_snippet(&name, role, backend.as_deref(), &digest)))
+                    .map_err(|e| format!("cannot write output: {e}"))
+            }
+        }
         other => match load_config(&cli.global) {
             Err(e) => Err(e),
             Ok(cfg) => match other {
@@ -272,6 +337,15 @@ fn main() -> ExitCode {
                     };
                     admin::explain::rules_explain(&cfg, &args, yijian_gateway::clock::now_ms(), &mut out)
                         .map_err(|e| e.to_string())
+                }
+                Command::Devices(DevicesCmd::Show { id, json }) => {
+                    lifecycle::cli_show(&cfg, &id, json, &mut out).map_err(|e| e.to_string())
+                }
+                Command::Devices(DevicesCmd::Rotate { id, json }) => {
+                    lifecycle::cli_rotate(&cfg, &id, json, &mut out).map_err(|e| e.to_string())
+                }
+                Command::Devices(DevicesCmd::Revoke { id }) => {
+                    lifecycle::cli_revoke(&cfg, &id, &mut out).map_err(|e| e.to_string())
                 }
                 _ => serve(cfg),
             },

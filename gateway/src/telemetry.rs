@@ -9,6 +9,8 @@
 pub mod sampler;
 pub mod startup;
 
+pub mod security;
+
 use metrics::{counter, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -208,6 +210,7 @@ fn describe() {
     gauge!(DEVICES_OFFLINE).set(0.0);
     gauge!(DESK_OLDEST_WAITING_SECONDS).set(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    security::describe();
 }
 
 /// Register every `{service,reason}` series of [`ESCALATIONS_TOTAL`] at zero (see `describe`).

@@ -6,8 +6,24 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
 use yijian_device_sim::{DeviceConfig, MockBackends, SimDevice};
+use yijian_gateway::api::auth::{Role, TokenConfig};
 use yijian_gateway::config::{BackendConfig, Config, ServiceConfig};
 use yijian_gateway::Gateway;
+
+/// The operator token every test gateway accepts (`get` and `post` use it).
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+/// A metrics-scraper token every test gateway accepts.
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
+
+/// The token backend `name` uses for callbacks on a test gateway (declared by [`backend`]).
+pub fn backend_token(name: &str) -> String {
+    format!("test-backend-token-{name}")
+}
+
+fn token(name: &str, role: Role, backend: Option<&str>, token: &str) -> TokenConfig {
+    let sha256 = yijian_gateway::devices::digest(token).iter().map(|b| format!("{b:02x}")).collect();
+    TokenConfig { name: name.to_owned(), role, backend: backend.map(str::to_owned), sha256: Some(sha256), token_env: None }
+}
 
 pub use yijian_device_sim::{Behaviour, MockOptions};
 pub use yijian_wire::{FeedbackState, Gesture};
@@ -26,6 +42,8 @@ pub struct TestGateway {
     pub base: String,
     pub mqtt: SocketAddr,
     pub http: reqwest::Client,
+    /// The admin token the gateway generated in its data directory on first start.
+    pub admin_token: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -42,6 +60,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     c.rules.watch_interval_ms = 20;
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
     c.rules.dir = Some(rules);
+    c.api.tokens.push(token("test-operator", Role::Operator, None, OPERATOR_TOKEN));
+    c.api.tokens.push(token("test-metrics", Role::Metrics, None, METRICS_TOKEN));
     c
 }
 
@@ -58,9 +78,11 @@ pub fn route(c: &mut Config, service: &str, backends: &[&str], attempt_timeout_m
     );
 }
 
-/// Declare a backend served by `mock` at path `/{name}`.
+/// Declare a backend served by `mock` at path `/{name}`, with a callback token
+/// ([`backend_token`]).
 pub fn backend(c: &mut Config, mock: &MockBackends, name: &str) {
     c.backends.insert(name.to_owned(), BackendConfig { url: mock.url(name), token_env: None });
+    c.api.tokens.push(token(&format!("backend-{name}"), Role::Backend, Some(name), &backend_token(name)));
 }
 
 impl TestGateway {
@@ -84,7 +106,9 @@ impl TestGateway {
                 Ok(gw) => {
                     let base = format!("http://{}", gw.http_addr);
                     let mqtt = gw.mqtt_addr;
-                    return Ok(TestGateway { gw, config, base, mqtt, http: reqwest::Client::new(), _dir: None });
+                    let path = yijian_gateway::api::auth::admin_token_path(&config.store.data_dir);
+                    let admin_token = std::fs::read_to_string(&path).context("the admin token file")?.trim().to_owned();
+                    return Ok(TestGateway { gw, config, base, mqtt, http: reqwest::Client::new(), admin_token, _dir: None });
                 }
                 Err(e @ yijian_gateway::StartError::Io(_)) => {
                     last = Some(e);
@@ -161,16 +185,28 @@ impl TestGateway {
         }
     }
 
-    /// GET a path of the API: (status, JSON body).
+    /// GET a path of the API as an operator: (status, JSON body).
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        let r = self.http.get(format!("{}{}", self.base, path)).send().await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+        self.call("GET", path, Some(OPERATOR_TOKEN), None).await
     }
 
-    /// POST JSON to a path of the API: (status, JSON body).
+    /// POST JSON to a path of the API as an operator: (status, JSON body).
     pub async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
-        let r = self.http.post(format!("{}{}", self.base, path)).json(&body).send().await?;
+        self.call("POST", path, Some(OPERATOR_TOKEN), Some(body)).await
+    }
+
+    /// Any call: `method` on `path` with `token` (none: no Authorization header) and an
+    /// optional JSON body. Returns (status, JSON body or Null).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut rb = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }

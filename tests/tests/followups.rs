@@ -121,7 +121,9 @@ async fn a_cancel_of_a_rescue_on_its_way_is_flagged_for_an_operator() -> Result<
     let press = dev.press("main", Gesture::Single).await?;
     let heard = dev.wait_for(&press, FeedbackState::Dispatched, WAIT).await?;
     let rid = heard[0].feedback.request.clone().expect("request id");
-    let (status, v) = gw.post(&format!("/api/v1/requests/{rid}/events"), json!({"state": "en_route", "eta_s": 300})).await?;
+    let (status, v) = gw
+        .call("POST", &format!("/api/v1/requests/{rid}/events"), Some(&backend_token("rescue")), Some(json!({"state": "en_route", "eta_s": 300})))
+        .await?;
     assert_eq!(status, 200, "{v}");
 
     // The resident presses cancel: the ambulance is not called off by a button alone.

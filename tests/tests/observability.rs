@@ -252,12 +252,14 @@ async fn a_scrape_after_real_presses_is_complete_and_has_every_metric_the_dashbo
     let hospital_rid = heard[0].feedback.request.clone().context("request id")?;
     let (status, v) = gw.post(&format!("/api/v1/requests/{hospital_rid}/ack"), json!({})).await?;
     assert_eq!(status, 200, "{v}");
-    // A retransmission, a malformed press and a cancel.
+    // A retransmission (from a second device: the first already has a taxi open, and a second
+    // taxi press would join it as "pressed again"), a malformed press and a cancel.
+    let mut dev2 = gw.device("obs-dev-2", "one-button").await?;
     let payload = serde_json::to_vec(&json!({"id": "obs-p-dup", "button": "main", "gesture": "double", "at": 1_764_324_000_123i64}))?;
-    dev.press_payload("obs-p-dup", payload.clone()).await?;
-    dev.wait_for("obs-p-dup", FeedbackState::Received, WAIT).await?;
-    dev.press_payload("obs-p-dup", payload).await?;
-    dev.wait_for("obs-p-dup", FeedbackState::Dispatched, WAIT).await?;
+    dev2.press_payload("obs-p-dup", payload.clone()).await?;
+    dev2.wait_for("obs-p-dup", FeedbackState::Received, WAIT).await?;
+    dev2.press_payload("obs-p-dup", payload).await?;
+    dev2.wait_for("obs-p-dup", FeedbackState::Dispatched, WAIT).await?;
     dev.press_payload("obs-p-bad", br#"{"id":"obs-p-bad","button":"main","gesture":"tap","at":1764324000123}"#.to_vec()).await?;
     dev.wait_for("obs-p-bad", FeedbackState::Rejected, WAIT).await?;
     let cancel = dev.press("main", Gesture::Long).await?;

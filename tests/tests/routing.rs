@@ -58,7 +58,13 @@ async fn time_windows_are_each_residents_local_time() -> Result<()> {
     );
     write_rules(rules.path(), &[("10-time.toml", &text)])?;
     let dir = rules.path().to_owned();
-    let gw = TestGateway::start(move |c| c.rules.dir = Some(dir)).await?;
+    // Each press here must be decided on its own: flood control would join a repeated press of
+    // the same service to the device's open request.
+    let gw = TestGateway::start(move |c| {
+        c.rules.dir = Some(dir);
+        c.flood.attach_window_s = 0;
+    })
+    .await?;
     gw.import_residents(
         "residents.csv",
         "id,name,time_zone\nr-sh,Wang Xiuying,\nr-ny,Li Hua,America/New_York\nr-utc,Zhao Min,UTC\n",
@@ -228,7 +234,13 @@ async fn rules_reload_under_load_and_every_press_sees_one_whole_set() -> Result<
     write_set(&b, &set_b())?;
     swap_link(&current, &a)?;
     let dir = current.clone();
-    let gw = TestGateway::start(|c| c.rules.dir = Some(dir)).await?;
+    // Each press here must be decided on its own: flood control would join a repeated press of
+    // the same service to the device's open request.
+    let gw = TestGateway::start(|c| {
+        c.rules.dir = Some(dir);
+        c.flood.attach_window_s = 0;
+    })
+    .await?;
     let mut devices = Vec::new();
     for i in 0..4 {
         devices.push(gw.device(&format!("load-{i}"), "one-button").await?);
@@ -309,7 +321,13 @@ async fn an_invalid_rule_set_is_refused_and_a_valid_one_is_picked_up_from_the_fi
     let rules = tempfile::tempdir()?;
     write_set(rules.path(), &set_a())?;
     let dir = rules.path().to_owned();
-    let gw = TestGateway::start(|c| c.rules.dir = Some(dir)).await?;
+    // Each press here must be decided on its own: flood control would join a repeated press of
+    // the same service to the device's open request.
+    let gw = TestGateway::start(|c| {
+        c.rules.dir = Some(dir);
+        c.flood.attach_window_s = 0;
+    })
+    .await?;
     let mut dev = gw.device("reload-1", "one-button").await?;
     let mut status = gw.gw.rules.subscribe();
     let metrics_text = |gw: &TestGateway| {

@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod followup;
 pub mod http;
+pub mod update;
 
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, DESK};
@@ -33,6 +34,8 @@ pub struct DispatchHandle {
     tx: mpsc::Sender<Request>,
     /// Cancellation tokens of requests being dispatched, by request id.
     active: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// "Pressed again" updates for the backend that holds a request.
+    updates: update::Updater,
 }
 
 impl DispatchHandle {
@@ -42,6 +45,11 @@ impl DispatchHandle {
             // Shutting down: the outbox row stays and the next start replays it.
             tracing::debug!("dispatcher stopped; request stays in the outbox");
         }
+    }
+
+    /// Tell the backend holding a request that the resident pressed again (best effort).
+    pub fn pressed_again(&self, update: crate::store::RequestUpdate) {
+        self.updates.send(update);
     }
 
     /// Stop dispatching a request the resident cancelled.
@@ -141,6 +149,10 @@ pub fn start(
         .user_agent(concat!("yijian-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ConfigError { source_name: None, problems: vec![format!("HTTP client: {e}")] })?;
+    let updates = update::Updater::new(
+        client.clone(),
+        backends.iter().map(|(n, b)| (n.clone(), (b.http.url.clone(), b.http.token.clone()))).collect(),
+    );
     let (tx, mut rx) = mpsc::channel::<Request>(4096);
     let active = Arc::new(Mutex::new(HashMap::new()));
     let permits = Arc::new(Semaphore::new(config.dispatch.max_in_flight));
@@ -180,7 +192,7 @@ pub fn start(
         }
         while tasks.join_next().await.is_some() {}
     });
-    Ok((DispatchHandle { tx, active }, vec![task, followups]))
+    Ok((DispatchHandle { tx, active, updates }, vec![task, followups]))
 }
 
 impl Dispatcher {

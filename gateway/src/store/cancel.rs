@@ -196,6 +196,8 @@ mod tests {
             rule: "test".into(),
             resident_id: None,
             intake_at: at,
+            // Flood control off: these tests are about cancelling.
+            attach_window_ms: 0,
         }
     }
 

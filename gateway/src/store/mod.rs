@@ -7,6 +7,7 @@
 
 mod cancel;
 pub mod followup;
+pub mod credentials;
 pub mod model;
 pub mod read;
 mod schema;
@@ -162,17 +163,19 @@ impl Store {
         self.call(|reply| Command::Operator { request_id, action, at, reply }).await
     }
 
-    /// A backend reports progress.
+    /// A backend reports progress. With `caller` set, the request must have been dispatched
+    /// to that backend ([`Transition::Forbidden`] otherwise), checked in the same transaction.
     pub async fn callback(
         &self,
         request_id: &str,
+        caller: Option<String>,
         state: RequestState,
         eta_s: Option<u32>,
         reference: Option<String>,
         at: i64,
     ) -> Result<Transition, StoreError> {
         let request_id = request_id.to_owned();
-        self.call(|reply| Command::Callback { request_id, state, eta_s, reference, at, reply }).await
+        self.call(|reply| Command::Callback { request_id, caller, state, eta_s, reference, at, reply }).await
     }
 
     /// Remember a device's latest status (coalesced per batch; no wait).

@@ -125,6 +125,10 @@ pub struct PressEntry {
     pub resident_id: Option<String>,
     /// Gateway clock at intake, epoch ms: becomes the request's `created_at`.
     pub intake_at: i64,
+    /// A request press joins the device's open request of the same service created within
+    /// this many milliseconds, instead of opening a second one (flood control: a stuck button
+    /// must not book ten taxis). 0 turns it off.
+    pub attach_window_ms: i64,
 }
 
 /// A request as dispatch needs it: everything for the backend body.
@@ -172,6 +176,29 @@ pub enum PressOutcome {
     /// A cancel press on a rescue already on its way: the request stays open, flagged for an
     /// operator to confirm by phone; the device hears where it stands and why.
     CancelFlagged(Notice),
+    /// The device already had an open request of this service: the press joined it as a
+    /// "pressed again" event (repeated presses signal urgency).
+    PressedAgain {
+        /// The open request's current state, answering this press.
+        notice: Notice,
+        /// What to tell the backend that holds the request, when an HTTP backend does.
+        update: Option<RequestUpdate>,
+    },
+}
+
+/// A "pressed again" update for the backend that holds a request (README: the update call).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestUpdate {
+    /// The request.
+    pub request_id: String,
+    /// The backend that accepted it.
+    pub backend: String,
+    /// Presses for this request so far, the first one included.
+    pub count: u32,
+    /// The press that joined.
+    pub press: Press,
+    /// Gateway clock at intake, epoch ms.
+    pub at: i64,
 }
 
 /// A feedback-worthy fact about a request: who to tell and what.

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS devices (
@@ -115,6 +115,18 @@ CREATE TABLE IF NOT EXISTS followups (
 CREATE INDEX IF NOT EXISTS followups_by_state ON followups (state, created_at);
 "#;
 
+/// Version 3: credential changes (revocations, rotations) made by the CLI or the admin API in
+/// whatever process; the running gateway polls this log to drop connections that lost their
+/// right to be connected (`broker::evict`). Rows are never deleted: `seq` only grows.
+const V3: &str = r#"
+CREATE TABLE IF NOT EXISTS device_changes (
+    seq            INTEGER PRIMARY KEY,
+    device_id      TEXT NOT NULL,
+    change         TEXT NOT NULL,
+    at             INTEGER NOT NULL
+);
+"#;
+
 /// Settings every connection gets.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -149,6 +161,18 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if now < 2 {
             if let Err(e) = conn.execute_batch(&format!("{V2} PRAGMA user_version = 2;")) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        conn.execute_batch("COMMIT")?;
+    }
+    if version < 3 {
+        // As for version 2: whoever opens an old journal first upgrades it, the other waits.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now < 3 {
+            if let Err(e) = conn.execute_batch(&format!("{V3} PRAGMA user_version = 3;")) {
                 let _ = conn.execute_batch("ROLLBACK");
                 return Err(e);
             }

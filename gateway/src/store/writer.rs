@@ -38,6 +38,8 @@ pub enum Transition {
     NotFound,
     /// The request is in a state that does not allow this.
     Conflict(RequestState),
+    /// The caller is not the backend the request was dispatched to.
+    Forbidden,
 }
 
 /// A command for the writer.
@@ -85,6 +87,7 @@ pub(crate) enum Command {
     },
     Callback {
         request_id: String,
+        caller: Option<String>,
         state: RequestState,
         eta_s: Option<u32>,
         reference: Option<String>,
@@ -265,9 +268,9 @@ impl Writer {
                         let r = in_savepoint(&tx, |tx| operator(tx, &request_id, action, at, &mut deltas));
                         staged.push(Staged::Transition(reply, r));
                     }
-                    Command::Callback { request_id, state, eta_s, reference, at, reply } => {
+                    Command::Callback { request_id, caller, state, eta_s, reference, at, reply } => {
                         let r = in_savepoint(&tx, |tx| {
-                            callback(tx, &request_id, state, eta_s, reference.as_deref(), at, &mut deltas)
+                            callback(tx, &request_id, caller.as_deref(), state, eta_s, reference.as_deref(), at, &mut deltas)
                         });
                         staged.push(Staged::Transition(reply, r));
                     }
@@ -383,9 +386,14 @@ fn press(
     deltas: &mut Vec<(Service, Option<RequestState>, Option<RequestState>)>,
 ) -> Result<PressOutcome, StoreError> {
     let p = &e.press;
-    let (outcome, request_id) = match &e.action {
-        PressAction::Request { .. } => ("request", Some(new_request_id())),
-        PressAction::Cancel { .. } => ("cancel", None),
+    let open = match &e.action {
+        PressAction::Request { service, .. } => open_request(c, e, *service)?,
+        PressAction::Cancel { .. } => None,
+    };
+    let (outcome, request_id) = match (&e.action, &open) {
+        (PressAction::Request { .. }, Some(rid)) => ("pressed_again", Some(rid.clone())),
+        (PressAction::Request { .. }, None) => ("request", Some(new_request_id())),
+        (PressAction::Cancel { .. }, _) => ("cancel", None),
     };
     let inserted = c
         .prepare_cached(
@@ -406,6 +414,9 @@ fn press(
         ])?;
     if inserted == 0 {
         return duplicate(c, &e.device_id, &p.id).map(PressOutcome::Duplicate);
+    }
+    if let Some(rid) = open {
+        return pressed_again(c, e, &rid);
     }
     match &e.action {
         PressAction::Request { service, priority, tags } => {
@@ -451,6 +462,52 @@ fn press(
         }
         PressAction::Cancel { window_ms } => super::cancel::press(c, e, *window_ms, deltas),
     }
+}
+
+/// The device's newest open request of `service` inside the attach window, if any.
+fn open_request(c: &Connection, e: &PressEntry, service: Service) -> Result<Option<String>, StoreError> {
+    if e.attach_window_ms <= 0 {
+        return Ok(None);
+    }
+    Ok(c.prepare_cached(
+        "SELECT request_id FROM requests
+         WHERE device_id = ?1 AND service = ?2 AND state NOT IN ('closed','cancelled') AND created_at >= ?3
+         ORDER BY created_at DESC, request_id DESC LIMIT 1",
+    )?
+    .query_row(params![e.device_id, service.as_str(), e.intake_at - e.attach_window_ms], |r| r.get::<_, String>(0))
+    .optional()?)
+}
+
+/// Flood control: the press joins the open request `rid` as a "pressed again" event; the
+/// device hears the request's current state, and the backend holding it gets an update.
+fn pressed_again(c: &Connection, e: &PressEntry, rid: &str) -> Result<PressOutcome, StoreError> {
+    let p = &e.press;
+    let cur = current(c, rid)?.ok_or_else(|| StoreError::Corrupt(format!("open request {rid} vanished")))?;
+    let earlier: u32 = c
+        .prepare_cached("SELECT count(*) FROM request_events WHERE request_id = ?1 AND kind = 'pressed_again'")?
+        .query_row(params![rid], |r| r.get(0))?;
+    let count = earlier + 2;
+    event(
+        c,
+        rid,
+        e.intake_at,
+        "pressed_again",
+        None,
+        Some(json!({"press": p.id, "button": p.button, "gesture": p.gesture, "press_at": p.at, "count": count, "rule": e.rule})),
+    )?;
+    let mut notice = cur.notice(rid, cur.state);
+    notice.press_id = p.id.clone();
+    let update = match &cur.backend {
+        Some(b) if b != crate::config::DESK => Some(RequestUpdate {
+            request_id: rid.to_owned(),
+            backend: b.clone(),
+            count,
+            press: p.clone(),
+            at: e.intake_at,
+        }),
+        _ => None,
+    };
+    Ok(PressOutcome::PressedAgain { notice, update })
 }
 
 pub(super) fn nothing_to_cancel(device_id: &str, press_id: &str) -> Notice {
@@ -532,12 +589,14 @@ struct Current {
     created_at: i64,
     reference: Option<String>,
     eta_s: Option<u32>,
+    /// The backend that accepted it (`desk` once escalated).
+    backend: Option<String>,
 }
 
 fn current(c: &Connection, request_id: &str) -> Result<Option<Current>, StoreError> {
     let row = c
         .prepare_cached(
-            "SELECT device_id, press_id, service, state, created_at, backend_ref, eta_s FROM requests WHERE request_id = ?1",
+            "SELECT device_id, press_id, service, state, created_at, backend_ref, eta_s, backend FROM requests WHERE request_id = ?1",
         )?
         .query_row(params![request_id], |r| {
             Ok((
@@ -548,10 +607,11 @@ fn current(c: &Connection, request_id: &str) -> Result<Option<Current>, StoreErr
                 r.get::<_, i64>(4)?,
                 r.get::<_, Option<String>>(5)?,
                 r.get::<_, Option<u32>>(6)?,
+                r.get::<_, Option<String>>(7)?,
             ))
         })
         .optional()?;
-    let Some((device_id, press_id, service, state, created_at, reference, eta_s)) = row else {
+    let Some((device_id, press_id, service, state, created_at, reference, eta_s, backend)) = row else {
         return Ok(None);
     };
     Ok(Some(Current {
@@ -562,6 +622,7 @@ fn current(c: &Connection, request_id: &str) -> Result<Option<Current>, StoreErr
         created_at,
         reference,
         eta_s,
+        backend,
     }))
 }
 
@@ -687,9 +748,11 @@ fn operator(
     Ok(Transition::Applied { notice: cur.notice(request_id, to), from: cur.state, created_at: cur.created_at })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn callback(
     c: &Connection,
     request_id: &str,
+    caller: Option<&str>,
     to: RequestState,
     eta_s: Option<u32>,
     reference: Option<&str>,
@@ -697,6 +760,13 @@ fn callback(
     deltas: &mut Vec<(Service, Option<RequestState>, Option<RequestState>)>,
 ) -> Result<Transition, StoreError> {
     let Some(mut cur) = current(c, request_id)? else { return Ok(Transition::NotFound) };
+    // Only the backend that accepted the request may report on it. Before any backend has it
+    // (`received`) the state check below answers with a conflict.
+    if let (Some(caller), Some(owner)) = (caller, cur.backend.as_deref()) {
+        if caller != owner {
+            return Ok(Transition::Forbidden);
+        }
+    }
     let allowed = matches!(
         cur.state,
         RequestState::Dispatched | RequestState::EnRoute | RequestState::Arrived

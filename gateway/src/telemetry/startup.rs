@@ -12,7 +12,8 @@ use yijian_wire::Service;
 /// Log the summary. Called once every stage is up, so `ready` means ready.
 pub fn log(config: &Config, http: SocketAddr, rules: &str) {
     let http_url = format!("http://{http}");
-    tracing::info!(mqtt = %config.mqtt.listen, http = %http_url, metrics = %format!("{http_url}/metrics"), "listening");
+    let mqtt_tls = config.mqtt.tls.as_ref().map(|t| t.listen.to_string()).unwrap_or_else(|| "off".into());
+    tracing::info!(mqtt = %config.mqtt.listen, mqtt_tls = %mqtt_tls, http = %http_url, metrics = %format!("{http_url}/metrics"), "listening");
     tracing::info!(
         data_dir = %config.store.data_dir.display(),
         journal = %config.db_path().display(),

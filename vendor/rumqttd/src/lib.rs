@@ -24,6 +24,10 @@ pub use link::meters;
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
 use segments::Storage;
 pub use server::{Broker, LinkType, Server};
+// YIJIAN PATCH: an embedder-supplied handshake (TLS with the embedder's own rustls), and the
+// stream type it hands back.
+pub use link::network::N;
+pub use server::{Handshake, HandshakeFuture};
 
 pub use self::router::shared_subs::Strategy;
 

@@ -748,4 +748,9 @@ pub enum Error {
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
+
+    /// YIJIAN PATCH: the identity an embedder's [`crate::Handshake`] established for this
+    /// connection (e.g. a verified client certificate's subject), told to the connection's
+    /// own protocol instance before its first packet is read.
+    fn peer_identity(&mut self, _identity: Option<String>) {}
 }

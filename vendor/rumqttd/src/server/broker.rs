@@ -344,11 +344,27 @@ enum AwaitingWill {
     Fire,
 }
 
+/// YIJIAN PATCH: what a [`Handshake`] returns: the stream to speak MQTT over, and the peer's
+/// identity if the handshake established one.
+pub type HandshakeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<(Box<dyn N>, Option<String>)>> + Send>>;
+
+/// YIJIAN PATCH: a handshake the embedder runs on every accepted socket (TLS with its own
+/// rustls configuration, optional client certificates). Unlike the built-in `tls` setting it
+/// runs inside the connection's own task, bounded by `connection_timeout_ms`, so one slow or
+/// silent client cannot stall the accept loop for everyone, and its configuration is built
+/// once rather than read from disk per connection.
+pub trait Handshake: Send + Sync + 'static {
+    fn accept(&self, stream: TcpStream) -> HandshakeFuture;
+}
+
 pub struct Server<P> {
     config: ServerSettings,
     router_tx: Sender<(ConnectionId, Event)>,
     protocol: P,
     awaiting_will_handler: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    // YIJIAN PATCH
+    handshake: Option<Arc<dyn Handshake>>,
 }
 
 impl<P: Protocol + Clone + Send + 'static> Server<P> {
@@ -362,7 +378,14 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             router_tx,
             protocol,
             awaiting_will_handler: Arc::new(Mutex::new(HashMap::default())),
+            handshake: None,
         }
+    }
+
+    /// YIJIAN PATCH: run `handshake` on every accepted socket (see [`Handshake`]).
+    pub fn with_handshake(mut self, handshake: Arc<dyn Handshake>) -> Self {
+        self.handshake = Some(handshake);
+        self
     }
 
     // Depending on TLS or not create a new Network
@@ -417,6 +440,39 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             // waits for the peer's delayed ACK (~40 ms on Linux) before it leaves.
             if let Err(e) = stream.set_nodelay(true) {
                 warn!(error=?e, "Unable to set TCP_NODELAY");
+            }
+
+            // YIJIAN PATCH: the embedder's handshake runs in the connection's own task.
+            if let Some(handshake) = self.handshake.clone() {
+                let config = config.clone();
+                let router_tx = self.router_tx.clone();
+                let mut protocol = self.protocol.clone();
+                let will_handlers = self.awaiting_will_handler.clone();
+                count += 1;
+                let limit = Duration::from_millis(config.connection_timeout_ms.into());
+                task::spawn(async move {
+                    let (network, identity) = match time::timeout(limit, handshake.accept(stream)).await {
+                        Ok(Ok(o)) => o,
+                        Ok(Err(e)) => {
+                            info!(error=?e, ?addr, "handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            info!(?addr, "handshake timed out");
+                            return;
+                        }
+                    };
+                    protocol.peer_identity(identity);
+                    remote(config, None, router_tx, network, protocol, will_handlers)
+                        .instrument(tracing::error_span!(
+                            "remote_link",
+                            client_id = field::Empty,
+                            connection_id = field::Empty,
+                        ))
+                        .await
+                });
+                time::sleep(delay).await;
+                continue;
             }
 
             let (network, tenant_id) = match self.tls_accept(stream).await {

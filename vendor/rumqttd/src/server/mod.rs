@@ -5,6 +5,8 @@ mod broker;
 mod tls;
 
 pub use broker::{Broker, LinkType, Server};
+// YIJIAN PATCH
+pub use broker::{Handshake, HandshakeFuture};
 
 // pub trait IO: AsyncRead + AsyncWrite + Send + Sync + Unpin {}
 // impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin> IO for T {}
