@@ -57,6 +57,45 @@ fn reference_object(data: &[u8]) -> Option<Map<String, Value>> {
     }
 }
 
+/// A JSON integer, whatever its size (serde_json keeps large ones as u64).
+fn is_integer(v: &Value) -> bool {
+    v.as_i64().is_some() || v.as_u64().is_some()
+}
+
+/// Absent, null, or of the expected type.
+fn optional(v: Option<&Value>, ok: fn(&Value) -> bool) -> bool {
+    v.is_none_or(|v| v.is_null() || ok(v))
+}
+
+/// Every field of a press has the right JSON type (its value may still break a rule).
+fn press_types_ok(o: &Map<String, Value>) -> bool {
+    ["id", "button", "gesture"].iter().all(|f| o.get(*f).is_some_and(Value::is_string))
+        && o.get("at").is_some_and(is_integer)
+        && optional(o.get("battery"), is_integer)
+}
+
+/// Every field of a status has the right JSON type.
+fn status_types_ok(o: &Map<String, Value>) -> bool {
+    o.get("online").is_some_and(Value::is_boolean)
+        && optional(o.get("battery"), is_integer)
+        && optional(o.get("rssi"), is_integer)
+        && optional(o.get("fw"), Value::is_string)
+        && optional(o.get("at"), is_integer)
+}
+
+/// The reason label says what is wrong: with every field present and of its type, the problem
+/// is a value out of its range, never `wrong_type` or `missing_field`.
+fn check_reason_matches_types(r: &Rejection, types_ok: bool, what: &str) {
+    if types_ok {
+        assert!(
+            !matches!(r.reason, RejectReason::WrongType | RejectReason::MissingField),
+            "{what} with every field of its type rejected as {}: {}",
+            r.reason.as_str(),
+            r.message
+        );
+    }
+}
+
 /// Every rejection: a reason from the bounded set that decoding can give, a short non-empty
 /// printable message, and `Display` is the message.
 fn check_rejection(r: &Rejection, data: &[u8]) {
@@ -112,6 +151,9 @@ fn check_press(data: &[u8]) {
             if r.press_id.is_some() {
                 assert_ne!(r.reason, RejectReason::InvalidId, "an invalid id was echoed");
             }
+            if let Some(o) = &object {
+                check_reason_matches_types(&r, press_types_ok(o), "press");
+            }
         }
     }
 }
@@ -145,6 +187,9 @@ fn check_status(data: &[u8]) {
         Err(r) => {
             check_rejection(&r, data);
             assert_eq!(r.press_id, None, "a status has no press id to echo");
+            if let Some(o) = &object {
+                check_reason_matches_types(&r, status_types_ok(o), "status");
+            }
         }
     }
 }
