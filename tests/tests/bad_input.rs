@@ -210,7 +210,7 @@ async fn every_malformed_press_and_status_is_rejected_counted_and_creates_nothin
     assert!(presses_of_requests.contains(&"skew-1990") && presses_of_requests.contains(&"skew-2090"));
     let reached: Vec<_> = mock.received().into_iter().filter(|r| r.device_id == "bad-in-1").collect();
     assert_eq!(reached.len(), 3, "only valid presses reach a backend: {reached:?}");
-    let valid_of_good = (presses.len() + statuses.len()) as usize;
+    let valid_of_good = presses.len() + statuses.len();
     assert_eq!(mock.received().iter().filter(|r| r.device_id == "good-in-1").count(), valid_of_good);
     assert_eq!(mock.duplicates(), 0);
     gw.stop().await;
@@ -366,8 +366,10 @@ async fn bad_http_gets_a_json_4xx_on_every_endpoint_and_changes_nothing() -> Res
     let events = format!("/api/v1/requests/{rid}/events");
     let long_id = "r".repeat(8 * 1024);
     let big_body = serde_json::to_vec(&json!({"state": "en_route", "ref": "x".repeat(70 * 1024)}))?;
+    // method, path, content type, body, expected status
+    type HttpCase<'a> = (&'a str, String, Option<&'a str>, Vec<u8>, u16);
     #[rustfmt::skip]
-    let cases: Vec<(&str, String, Option<&str>, Vec<u8>, u16)> = vec![
+    let cases: Vec<HttpCase> = vec![
         // GET /api/v1/requests: every bad query parameter.
         ("GET", "/api/v1/requests?state=bogus".into(), None, vec![], 400),
         ("GET", "/api/v1/requests?state=ESCALATED".into(), None, vec![], 400),

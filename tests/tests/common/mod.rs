@@ -16,9 +16,12 @@ use yijian_tests::{TestGateway, WAIT};
 /// binary moves the same counters meanwhile.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// One scrape of `/metrics`: sample name → (labels → value).
+/// The labels of one sample.
+type Labels = BTreeMap<String, String>;
+
+/// One scrape of `/metrics`: sample name → every (labels, value) of it.
 #[derive(Debug, Clone, Default)]
-pub struct Metrics(BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>);
+pub struct Metrics(BTreeMap<String, Vec<(Labels, f64)>>);
 
 impl Metrics {
     /// GET /metrics and parse the Prometheus text format.
