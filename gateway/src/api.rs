@@ -66,6 +66,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/requests/:id/events", post(events))
         .merge(devices::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::authorize))
         .with_state(state)
@@ -91,6 +92,30 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({"error": self.message}))).into_response()
     }
+}
+
+/// Every error is JSON, including those axum answers before a handler runs: 405 for a wrong
+/// method (an empty body) and extractor rejections such as a path that is not UTF-8 (plain
+/// text). Their status and other headers (`Allow`) are kept; the text becomes `error`.
+async fn json_errors(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(resp.status().is_client_error() || resp.status().is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| parts.status.canonical_reason().unwrap_or("error").to_lowercase());
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    (parts, Json(json!({"error": text}))).into_response()
 }
 
 impl From<StoreError> for ApiError {

@@ -399,6 +399,14 @@ async fn take_status(ctx: &IntakeContext, tracker: &mut Presence, p: &Publish) {
             return;
         }
     };
+    // As for presses: a device revoked while its connection stays up is not counted online,
+    // nor is its heartbeat written to the journal.
+    if ctx.directory.info(device_id).is_none() {
+        telemetry::status_rejected(RejectReason::UnknownDevice);
+        let msg = format!("status: device {device_id} is not registered");
+        ctx.feedback.send(device_id, &Feedback::rejected(None, msg, now_ms())).await;
+        return;
+    }
     telemetry::status_received();
     let now = now_ms();
     let prev = tracker.online.get(device_id).copied();

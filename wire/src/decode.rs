@@ -219,14 +219,18 @@ pub fn decode_status(payload: &[u8]) -> Result<(Status, usize), Rejection> {
     let rssi = match obj.get("rssi") {
         None | Some(Value::Null) => None,
         Some(v) => {
-            let n = v.as_i64().ok_or_else(|| wrong_type("rssi", "an integer (dBm)"))?;
-            if !(-200..=0).contains(&n) {
-                return Err(Rejection::new(
-                    RejectReason::InvalidStatus,
-                    "rssi must be an integer from -200 to 0 (dBm)",
-                ));
+            if !is_integer(v) {
+                return Err(wrong_type("rssi", "an integer (dBm)"));
             }
-            Some(n as i16)
+            match v.as_i64() {
+                Some(n) if (-200..=0).contains(&n) => Some(n as i16),
+                _ => {
+                    return Err(Rejection::new(
+                        RejectReason::InvalidStatus,
+                        "rssi must be an integer from -200 to 0 (dBm)",
+                    ))
+                }
+            }
         }
     };
     let fw = match obj.get("fw") {
@@ -314,11 +318,19 @@ fn out_of_range_at(field: &str) -> Rejection {
 }
 
 fn percent(v: &Value, field: &str, reason: RejectReason) -> Result<u8, Rejection> {
+    if !is_integer(v) {
+        return Err(wrong_type(field, "an integer from 0 to 100"));
+    }
     match v.as_i64() {
         Some(n @ 0..=100) => Ok(n as u8),
-        Some(_) => Err(Rejection::new(reason, format!("{field} must be an integer from 0 to 100"))),
-        None => Err(wrong_type(field, "an integer from 0 to 100")),
+        _ => Err(Rejection::new(reason, format!("{field} must be an integer from 0 to 100"))),
     }
+}
+
+/// A JSON integer of any size: serde_json keeps one beyond `i64` as `u64`, and such a value
+/// is out of range, not of the wrong type (found by the fuzz target).
+fn is_integer(v: &Value) -> bool {
+    v.as_i64().is_some() || v.as_u64().is_some()
 }
 
 fn missing(field: &str) -> Rejection {

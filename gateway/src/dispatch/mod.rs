@@ -291,6 +291,8 @@ impl Dispatcher {
         let (initial, max) = (Duration::from_millis(dcfg.backoff_initial_ms), Duration::from_millis(dcfg.backoff_max_ms));
         let mut attempt_no = req.attempts;
         let mut refused: HashSet<&str> = HashSet::new();
+        // A backend's `Retry-After`: not asked again before then, even in the next round.
+        let mut not_before: HashMap<&str, Instant> = HashMap::new();
         let http_backends: Vec<&str> = route.backends.iter().map(String::as_str).filter(|b| *b != DESK).collect();
         let mut round = 0u32;
         loop {
@@ -304,6 +306,9 @@ impl Dispatcher {
                 }
                 let Some(backend) = self.backends.get(name) else { continue };
                 for i in 0..dcfg.attempts_per_backend {
+                    if not_before.get(name.as_str()).is_some_and(|t| *t > Instant::now()) {
+                        break;
+                    }
                     if !backend.breaker.allow() {
                         break;
                     }
@@ -352,6 +357,9 @@ impl Dispatcher {
                         }
                         AttemptResult::Failed { label, retry_after } => {
                             backend.breaker.failure();
+                            if let Some(ra) = retry_after {
+                                not_before.insert(name.as_str(), Instant::now() + ra);
+                            }
                             failed_any = true;
                             tracing::debug!(backend = %name, result = label, "attempt failed");
                             if i + 1 < dcfg.attempts_per_backend {
@@ -369,19 +377,21 @@ impl Dispatcher {
             if !http_backends.is_empty() && http_backends.iter().all(|b| refused.contains(b)) {
                 return Ending::Escalated(reason::REFUSED);
             }
-            // Another round: after a backoff if something failed, else when the first circuit
-            // may let a probe through. Either way no later than the deadline.
+            // Another round: once the first backend may be asked again (its circuit lets a
+            // probe through, its Retry-After has passed), and after a backoff if something
+            // failed. Either way no later than the deadline.
+            let ready = http_backends
+                .iter()
+                .filter(|b| !refused.contains(*b))
+                .filter_map(|b| self.backends.get(*b).map(|be| (b, be)))
+                .map(|(b, be)| be.breaker.retry_at().max(not_before.get(b).copied().unwrap_or_else(Instant::now)))
+                .min()
+                .unwrap_or(deadline);
+            let ready_in = ready.saturating_duration_since(Instant::now());
             let wait = if failed_any {
-                backoff::delay(round + 1, initial, max, &mut rand::thread_rng())
+                backoff::delay(round + 1, initial, max, &mut rand::thread_rng()).max(ready_in)
             } else {
-                let next = http_backends
-                    .iter()
-                    .filter(|b| !refused.contains(*b))
-                    .filter_map(|b| self.backends.get(*b))
-                    .map(|b| b.breaker.retry_at())
-                    .min()
-                    .unwrap_or(deadline);
-                next.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
+                ready_in.max(Duration::from_millis(10))
             };
             if let Some(e) = self.pause(wait, deadline, token).await {
                 return e;
