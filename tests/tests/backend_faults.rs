@@ -28,6 +28,9 @@ fn fast(c: &mut Config) {
     c.dispatch.attempts_per_backend = 2;
     c.dispatch.breaker_failures = 1000;
     c.dispatch.breaker_cooldown_ms = 500;
+    // Each press here must become its own request: flood control would join a repeated press
+    // of the same service from one device to the request already open.
+    c.flood.attach_window_s = 0;
 }
 
 /// The attempts of a request's history: (backend, attempt number, result, started at, elapsed ms).

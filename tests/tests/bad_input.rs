@@ -30,6 +30,12 @@ async fn gateway(mock: &MockBackends) -> Result<TestGateway> {
         for s in ["rescue", "taxi", "hospital"] {
             route(c, s, &["ok"], 2000, 20);
         }
+        // Each valid press here must become its own request: flood control would join a
+        // repeated press of the same service from one device to the request already open.
+        c.flood.attach_window_s = 0;
+        // One device sends every malformed case back to back (and acks each answer): more
+        // than a real device's burst allowance, which security.rs tests on its own.
+        c.flood.device_burst = 10_000;
     })
     .await
 }
@@ -355,7 +361,11 @@ async fn a_device_revoked_while_connected_is_rejected_as_unknown() -> Result<()>
 /// nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_http_gets_a_json_4xx_on_every_endpoint_and_changes_nothing() -> Result<()> {
-    let gw = TestGateway::start(|_| {}).await?;
+    // A backend that is declared (so its callback token exists) but routed nowhere: the
+    // request stays with the desk, and the bad callbacks below are judged on their bodies.
+    let mock = MockBackends::start_local(MockOptions::default()).await?;
+    let gw = TestGateway::start(|c| backend(c, &mock, "cb")).await?;
+    let cb_token = backend_token("cb");
     let mut dev = gw.device("http-1", "one-button").await?;
     let press = dev.press("main", Gesture::Single).await?;
     let heard = dev.wait_for(&press, FeedbackState::Escalated, WAIT).await?;
@@ -442,7 +452,16 @@ async fn bad_http_gets_a_json_4xx_on_every_endpoint_and_changes_nothing() -> Res
     for (method, path, ct, body, want) in cases {
         let shown = if path.len() > 80 { format!("{}…({} bytes)", &path[..80], path.len()) } else { path.clone() };
         let sent = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
-        let (status, content_type, text) = http(&gw, method, &path, ct, body).await?;
+        // Each caller with the role its endpoint needs (tokens themselves are tested in
+        // security.rs): backends call back on /events, operators use the rest.
+        // A wrong method is asked as admin, who may call every route: the answer is then
+        // about the method, not the role.
+        let token = match (want, path.ends_with("/events")) {
+            (405, _) => gw.admin_token.as_str(),
+            (_, true) => cb_token.as_str(),
+            _ => OPERATOR_TOKEN,
+        };
+        let (status, content_type, text) = http(&gw, Some(token), method, &path, ct, body).await?;
         assert_eq!(status, want, "{method} {shown} {ct:?} {sent:?}: {text}");
         assert!(content_type.starts_with("application/json"), "{method} {shown}: {status} with content type {content_type:?}: {text:?}");
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {shown}: body is not JSON ({e}): {text:?}"));
@@ -458,7 +477,7 @@ async fn bad_http_gets_a_json_4xx_on_every_endpoint_and_changes_nothing() -> Res
         let (status, _) = gw.get(path).await?;
         assert_eq!(status, 200, "{path}");
     }
-    let (status, _, text) = http(&gw, "GET", "/metrics", None, vec![]).await?;
+    let (status, _, text) = http(&gw, None, "GET", "/metrics", None, vec![]).await?;
     assert_eq!(status, 200);
     assert!(text.contains("yijian_press_rejected_total"));
     let (status, v) = gw.post(&format!("/api/v1/requests/{rid}/ack"), json!({})).await?;

@@ -156,6 +156,7 @@ pub async fn wait_closed(events: &mut EventLoop) -> Result<String> {
 /// A raw HTTP exchange with the API: (status, content type, body text).
 pub async fn http(
     gw: &TestGateway,
+    token: Option<&str>,
     method: &str,
     path: &str,
     content_type: Option<&str>,
@@ -163,6 +164,9 @@ pub async fn http(
 ) -> Result<(u16, String, String)> {
     let method = reqwest::Method::from_bytes(method.as_bytes())?;
     let mut rb = gw.http.request(method, format!("{}{}", gw.base, path)).body(body);
+    if let Some(t) = token {
+        rb = rb.bearer_auth(t);
+    }
     if let Some(ct) = content_type {
         rb = rb.header(reqwest::header::CONTENT_TYPE, ct);
     }
