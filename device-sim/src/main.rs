@@ -76,7 +76,8 @@ struct RunArgs {
     /// How many devices.
     #[arg(long, default_value_t = 100)]
     devices: usize,
-    /// Presses per second, all devices together (the first step with --max-rate).
+    /// Presses per second, all devices together (the first step with --max-rate); 0 only
+    /// connects and heartbeats for --duration (a connection test).
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
     /// How long to press, e.g. 60s, 2m (each step's length with --max-rate: see --step).
@@ -218,9 +219,20 @@ async fn wait_ready(base: &str) -> Result<()> {
 }
 
 async fn run(a: RunArgs) -> Result<bool> {
+    // Each simulated device is a socket: raise the soft limit on open files, and say clearly
+    // when even the hard limit is too low for the fleet.
+    if let Some((soft, _)) = yijian_wire::os::raise_fd_limit() {
+        let need = a.devices as u64 + 200;
+        anyhow::ensure!(
+            soft >= need,
+            "{} devices need about {need} open files, but this process may open only {soft} (ulimit -n); \
+             run several yijian-sim processes with --credentials, or raise the limit",
+            a.devices
+        );
+    }
     let mix = Mix::parse(&a.mix).map_err(anyhow::Error::msg)?;
-    if a.rate <= 0.0 || !a.rate.is_finite() {
-        bail!("--rate must be a positive number");
+    if a.rate < 0.0 || !a.rate.is_finite() || (a.rate == 0.0 && a.max_rate) {
+        bail!("--rate must be a positive number (or 0 to only connect and heartbeat, without --max-rate)");
     }
     if a.devices == 0 {
         bail!("--devices must be at least 1");

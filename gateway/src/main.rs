@@ -361,6 +361,10 @@ fn main() -> ExitCode {
 }
 
 fn serve(cfg: Config) -> Result<(), String> {
+    match yijian_wire::os::raise_fd_limit() {
+        Some((soft, hard)) => tracing::info!(soft, hard, "open files limit (each device connection takes one)"),
+        None => tracing::warn!("cannot read the open files limit"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("yijian")

@@ -13,6 +13,7 @@
 mod decode;
 mod feedback;
 mod kinds;
+pub mod os;
 pub mod topic;
 
 pub use decode::{decode_press, decode_status, Press, Rejection, RejectReason, Status};

@@ -166,7 +166,8 @@ async fn press_phase(opts: &RunOptions, rate: f64, duration: Duration, fleet: &A
     let n = fleet.devices.len();
     while Instant::now() < end {
         let now = Instant::now();
-        while next <= now {
+        // Rate 0: connect and heartbeat only (the fleet's tasks do that); nothing to press.
+        while rate > 0.0 && next <= now {
             // Poisson process: exponential gaps between presses.
             let gap = -(1.0 - rng.gen::<f64>()).ln() / rate;
             next += Duration::from_secs_f64(gap);
@@ -207,7 +208,8 @@ async fn press_phase(opts: &RunOptions, rate: f64, duration: Duration, fleet: &A
                 c.publish_errors + c.rejected
             );
         }
-        tokio::time::sleep_until(next.min(end)).await;
+        let wake = if rate > 0.0 { next.min(end) } else { (now + Duration::from_secs(1)).min(end) };
+        tokio::time::sleep_until(wake).await;
     }
     let phase = start.elapsed();
     // Drain: wait for every press to have its final answer.

@@ -348,14 +348,16 @@ fn in_savepoint<T>(
 ) -> Result<T, StoreError> {
     // A savepoint per command: one command's failure (a bug, a constraint) must not undo the
     // others in the batch.
-    tx.execute_batch("SAVEPOINT cmd")?;
+    // Prepared once and cached: parsing these on every command showed in profiles.
+    tx.prepare_cached("SAVEPOINT cmd")?.execute([])?;
     match f(tx) {
         Ok(v) => {
-            tx.execute_batch("RELEASE cmd")?;
+            tx.prepare_cached("RELEASE cmd")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
-            tx.execute_batch("ROLLBACK TO cmd; RELEASE cmd")?;
+            tx.prepare_cached("ROLLBACK TO cmd")?.execute([])?;
+            tx.prepare_cached("RELEASE cmd")?.execute([])?;
             Err(e)
         }
     }

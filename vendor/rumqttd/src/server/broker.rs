@@ -431,7 +431,12 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             let (stream, addr) = match listener.accept().await {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
-                    error!(error=?e, "Unable to accept socket.");
+                    // YIJIAN PATCH: out of file descriptors (EMFILE/ENFILE) or buffers, accept
+                    // fails at once again and again while the connection waits in the queue:
+                    // retrying at once spun a core and logged thousands of errors a second.
+                    // Back off briefly (as hyper and axum::serve do); the queue holds the peers.
+                    error!(error=?e, "Unable to accept socket; retrying in 100 ms.");
+                    time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
