@@ -281,12 +281,14 @@ pub fn start(
     tls: Option<Arc<tls::TlsHandshake>>,
     stop: CancellationToken,
 ) -> std::io::Result<JoinHandle<()>> {
-    // Commit-log limits per filter (rumqttd keeps them in memory). Intake's two filters get room
-    // for a long gateway stall; each device's feedback topic keeps only a few KB, so memory does
-    // not grow with history (an evicted feedback is re-sent when the device retransmits).
+    // Commit-log limits per filter (rumqttd keeps them in memory, and counts only topic and
+    // payload bytes: each entry really costs ~230 bytes more). Intake's press filter keeps up to
+    // ~8 MB of presses (~80,000, over a minute of intake stall at 1,000/s) and status less; each
+    // device's feedback topic keeps only a few KB. Memory does not grow with history: a press
+    // or feedback evicted before it was read is recovered when the device retransmits.
     let mut custom = HashMap::new();
-    custom.insert(topic::PRESS_FILTER.to_owned(), segment(8 << 20, 4));
-    custom.insert(topic::STATUS_FILTER.to_owned(), segment(4 << 20, 2));
+    custom.insert(topic::PRESS_FILTER.to_owned(), segment(2 << 20, 4));
+    custom.insert(topic::STATUS_FILTER.to_owned(), segment(1 << 20, 2));
     custom.insert("yijian/v1/devices/+/feedback".to_owned(), segment(4096, 2));
     let router_config = RouterConfig {
         max_connections: cfg.max_connections,

@@ -129,9 +129,23 @@ pub fn metrics_handle() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
             describe();
+            drain_histograms(handle.clone());
             handle
         })
         .clone()
+}
+
+/// The exporter keeps every histogram sample until a scrape folds it into the buckets; with
+/// nobody scraping, that grew by a few dozen bytes per press forever. Fold them every 10 s
+/// (rendering is what folds them in this exporter version; the text is thrown away).
+fn drain_histograms(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name("yijian-metrics".into()).spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        drop(handle.render());
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms grow until scraped");
+    }
 }
 
 fn describe() {

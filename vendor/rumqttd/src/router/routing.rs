@@ -1216,6 +1216,11 @@ fn append_to_commitlog(
         validate_and_set_topic_alias(&mut publish, connection, alias)?;
     };
 
+    // YIJIAN PATCH: own the topic and payload before they go into the commit log (and the
+    // retained store). As parsed they are slices of the connection's read buffer, so every
+    // stored message kept its whole buffer allocation alive: see YIJIAN-PATCH.md (9).
+    publish.topic = bytes::Bytes::copy_from_slice(&publish.topic);
+    publish.payload = bytes::Bytes::copy_from_slice(&publish.payload);
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic

@@ -29,14 +29,17 @@ where
 {
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // YIJIAN PATCH: grow as needed instead of reserving 1,024 entries (~280 KB of
+            // PublishData) for every segment of every filter: see YIJIAN-PATCH.md (8).
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // YIJIAN PATCH: see `with_offset`.
+            data: Vec::new(),
             absolute_offset: 0,
             total_size: 0,
         }
