@@ -15,7 +15,7 @@ for (const e of entries) {
     }
 }
 
-const NAME = { yijian: "Yijian", peer: "Mosquitto + Node-RED" };
+const NAME = { yijian: "Yijian", peer: run.peer_instances > 1 ? `Mosquitto + ${run.peer_instances}× Node-RED` : "Mosquitto + Node-RED" };
 const f = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? "–" : Number(x).toFixed(d));
 const mib = (kb) => (kb === null || kb === undefined ? "–" : (kb / 1024).toFixed(1));
 const int = (x) => (x === null || x === undefined ? "–" : String(Math.round(x)).replace(/\B(?=(\d{3})+(?!\d))/g, ","));
@@ -33,7 +33,8 @@ p(`Machine: ${run.cpu}, ${run.cores} cores, ${run.mem_gib} GiB; load average bef
     `Devices, mock backends and the system under test all on this machine (loopback).`);
 p();
 p(`Versions: ${run.yijian || "yijian-gateway ?"} (log: ${run.yijian_log}); ${run.mosquitto || "mosquitto –"}; ` +
-    `Node-RED ${run.node_red || "–"} on Node.js ${run.node}.`);
+    `Node-RED ${run.node_red || "–"} on Node.js ${run.node}` +
+    (run.peer_instances > 1 ? ` (${run.peer_instances} instances sharing the presses through \`$share/peer/…\`).` : " (one instance: one JavaScript thread)."));
 p();
 const maxHow = run.max_mode === "fresh"
     ? `maximum searched from ${run.max_start}/s in ${run.step} steps (×1.5, then bisect), each step against a freshly started system`

@@ -31,8 +31,10 @@
 #   backend honours it.
 #
 # Usage: bench/compare.sh [--quick] [options]      (bench/compare.sh --help)
-# Needs: Debian (apt-get for mosquitto), Node.js >= 18 with npm (Node-RED 4), cargo (when the
-# release binaries are missing). Everything runs on 127.0.0.1 only.
+# Needs: Debian (apt-get for mosquitto), Node.js >= 18 with npm (Node-RED 4), cargo (to build
+# the release binaries). Everything runs on 127.0.0.1 only. On a host with systemd, installing
+# the Debian package also starts a system Mosquitto on port 1883: the benchmark uses its own
+# instance on --mqtt-port (18830) and leaves that one alone.
 set -uo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -56,7 +58,8 @@ work_root="$here/out"   # git-ignored: data dirs, generated configs, logs
 mqtt_port=18830
 backends_port=19100
 http_port=18088
-nodered_port=18880
+nodered_port=18880   # the first Node-RED instance's; the next ones count up
+peer_instances=1    # Node-RED instances sharing the presses (MQTT shared subscription)
 yijian_log=""       # RUST_LOG for the gateway; empty = the shipped default (info)
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 gateway_bin=""
@@ -87,11 +90,15 @@ to stdout and to $out_dir/compare-DATE.md (the sim's JSON reports beside it).
                         (a backlog, retransmission storms, retries in memory) does not drag
                         its collapse into the next, lower step
   --systems LIST        yijian,peer (default both)
+  --peer-instances N    Node-RED instances sharing the presses through an MQTT shared
+                        subscription (\$share/peer/...): Node-RED runs JavaScript on one
+                        thread, Yijian uses every core (default $peer_instances)
   --out DIR             where results go (default bench/results)
   --yijian-log FILTER   RUST_LOG for the gateway (default: its shipped default, info: one
                         line per request; the peer logs warnings only)
-  --gateway-bin PATH    yijian-gateway to use (default: TARGET/release, built if missing)
-  --sim-bin PATH        yijian-sim to use (default: TARGET/release, built if missing)
+  --gateway-bin PATH    yijian-gateway to use (default: TARGET/release, brought up to date
+                        with cargo build --release; TARGET is \$CARGO_TARGET_DIR or target/)
+  --sim-bin PATH        yijian-sim to use (likewise)
   --mqtt-port P --backends-port P --http-port P --nodered-port P   loopback ports
                         (defaults $mqtt_port, $backends_port, $http_port, $nodered_port)
 EOF
@@ -118,6 +125,7 @@ while [ $# -gt 0 ]; do
         --backends-port) backends_port="$2"; shift 2 ;;
         --http-port) http_port="$2"; shift 2 ;;
         --nodered-port) nodered_port="$2"; shift 2 ;;
+        --peer-instances) peer_instances="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
@@ -148,13 +156,20 @@ need_node() {
 
 prepare() {
     need_node   # the report is written with node too
-    if [ -z "$gateway_bin" ]; then gateway_bin="$target_dir/release/yijian-gateway"; fi
-    if [ -z "$sim_bin" ]; then sim_bin="$target_dir/release/yijian-sim"; fi
-    if [ ! -x "$gateway_bin" ] || [ ! -x "$sim_bin" ]; then
-        say "building the release binaries (cargo build --release)"
-        (cd "$repo" && cargo build --release -p yijian-gateway -p yijian-device-sim) || die "cargo build failed"
+    # Unless told which binaries to use, the release build of this tree: cargo brings it up to
+    # date (a no-op when it is) so the numbers are of the code in front of you.
+    if [ -z "$gateway_bin" ] || [ -z "$sim_bin" ]; then
+        if command -v cargo >/dev/null; then
+            say "building the release binaries (cargo build --release; nothing to do when they are current)"
+            (cd "$repo" && CARGO_TARGET_DIR="$target_dir" cargo build --release --quiet -p yijian-gateway -p yijian-device-sim) \
+                || die "cargo build failed"
+        fi
+        [ -n "$gateway_bin" ] || gateway_bin="$target_dir/release/yijian-gateway"
+        [ -n "$sim_bin" ] || sim_bin="$target_dir/release/yijian-sim"
     fi
-    # The peer's processes are measured together: the sim must take several --gateway-pid.
+    [ -x "$gateway_bin" ] && [ -x "$sim_bin" ] || die "no $gateway_bin or $sim_bin: install Rust (cargo) or pass --gateway-bin/--sim-bin"
+    # The peer's processes are measured together: the sim must take several --gateway-pid
+    # (its help says "Give several" since it does).
     "$sim_bin" run --help | grep -q -- "Give several" || die "$sim_bin is too old to measure several processes (--gateway-pid a,b); rebuild it"
     if want peer; then
         # mosquitto_passwd is in the mosquitto package; mosquitto_pub/sub (the readiness probe)
@@ -314,9 +329,10 @@ peer_probe_id="bench-probe"
 run_peer() {  # run_peer KIND OFFERED [sim args...]
     local kind="$1" offered="$2"
     shift 2
-    local work="$work_dir/peer-$kind-$offered" mq nr
-    mkdir -p "$work/nodered"
-    check_ports "$mqtt_port" "$nodered_port" "$backends_port"
+    local work="$work_dir/peer-$kind-$offered" mq nr n pids=() nr_ports=()
+    mkdir -p "$work"
+    for ((n = 1; n <= peer_instances; n++)); do nr_ports+=($((nodered_port + n - 1))); done
+    check_ports "$mqtt_port" "${nr_ports[@]}" "$backends_port"
     # The same kind of credentials the sim uses against Yijian (the gateway's own generator:
     # random 128-bit secrets), one more device for the readiness probe, one account for
     # Node-RED; turned into a Mosquitto password file (salted PBKDF2-SHA512) by
@@ -353,41 +369,63 @@ run_peer() {  # run_peer KIND OFFERED [sim args...]
       echo "password_file $mq_files/passwd"
       echo "acl_file $mq_files/mosquitto.acl"
       echo "log_dest stderr"
+      echo "# Subscriptions are logged so that compare.sh sees every Node-RED instance subscribe"
+      echo "# (once, before the devices connect and subscribe; nothing while they press)."
+      echo "log_type subscribe"
     } >"$work/mosquitto.conf"
     "$mosquitto_bin" -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
     mq=$!
     started_pids+=("$mq")
     wait_port "$mqtt_port" "$mq" 15 || { say "peer: mosquitto did not start: $(tail -n 3 "$work/mosquitto.log")"; stop_pid "$mq"; return; }
 
-    cp "$peer_dir/flows.json" "$work/nodered/flows.json"
-    # credentialSecret is false in settings.js: Node-RED reads this file as plain JSON.
-    printf '{"yj-broker":{"user":"nodered","password":"%s"}}\n' "$nodered_secret" >"$work/nodered/flows_cred.json"
-    PEER_MQTT_PORT="$mqtt_port" PEER_NODERED_PORT="$nodered_port" PEER_BACKENDS="http://127.0.0.1:$backends_port" \
-        node "$peer_dir/node_modules/node-red/red.js" --userDir "$work/nodered" --settings "$peer_dir/settings.js" \
-        --no-telemetry "$work/nodered/flows.json" >"$work/nodered.log" 2>&1 &
-    nr=$!
-    started_pids+=("$nr")
-    # Ready when the flow answers: an invalid press from the probe device comes back `rejected`
+    # Node-RED runs JavaScript on one thread. With --peer-instances N > 1, N instances share
+    # the presses through an MQTT shared subscription (Mosquitto hands each to one of them).
+    local topic="yijian/v1/devices/+/press"
+    [ "$peer_instances" -gt 1 ] && topic="\$share/peer/$topic"
+    for ((n = 1; n <= peer_instances; n++)); do
+        mkdir -p "$work/nodered-$n"
+        cp "$peer_dir/flows.json" "$work/nodered-$n/flows.json"
+        # credentialSecret is false in settings.js: Node-RED reads this file as plain JSON.
+        printf '{"yj-broker":{"user":"nodered","password":"%s"}}\n' "$nodered_secret" >"$work/nodered-$n/flows_cred.json"
+        PEER_MQTT_PORT="$mqtt_port" PEER_NODERED_PORT="${nr_ports[n - 1]}" PEER_BACKENDS="http://127.0.0.1:$backends_port" \
+            PEER_CLIENT_ID="nodered-peer-$n" PEER_PRESS_TOPIC="$topic" \
+            node "$peer_dir/node_modules/node-red/red.js" --userDir "$work/nodered-$n" --settings "$peer_dir/settings.js" \
+            --no-telemetry "$work/nodered-$n/flows.json" >"$work/nodered-$n.log" 2>&1 &
+        nr=$!
+        started_pids+=("$nr")
+        pids+=("$nr")
+    done
+    stop_peer() {
+        local q
+        for q in "${pids[@]}"; do stop_pid "$q" 20; done
+        stop_pid "$mq" 10
+    }
+    # Ready when every instance has subscribed (Mosquitto's log) ...
+    local i
+    for ((i = 0; i < 180; i++)); do
+        [ "$(grep -c ' nodered-peer-[0-9]* 1 .*yijian/v1/devices/+/press' "$work/mosquitto.log")" -ge "$peer_instances" ] && break
+        sleep 0.5
+    done
+    # ... and the flow answers: an invalid press from the probe device comes back `rejected`
     # (invalid, so it makes no backend request and leaves the backends' counts alone).
-    local ready=0 i sub
+    local ready=0 sub
     mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -u "$peer_probe_id" -P "$probe_secret" -q 1 -C 1 -W 90 \
         -t "yijian/v1/devices/$peer_probe_id/feedback" >"$work/probe.out" 2>&1 &
     sub=$!
     for ((i = 0; i < 180; i++)); do
         sleep 0.5
-        kill -0 "$nr" 2>/dev/null || break
+        for nr in "${pids[@]}"; do kill -0 "$nr" 2>/dev/null || break 2; done
         if ! kill -0 "$sub" 2>/dev/null; then ready=1; break; fi
         mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -u "$peer_probe_id" -P "$probe_secret" -q 1 \
             -t "yijian/v1/devices/$peer_probe_id/press" -m '{"id":"probe","button":"main","gesture":"probe","at":0}' 2>/dev/null
     done
     kill "$sub" 2>/dev/null; wait "$sub" 2>/dev/null
     if [ "$ready" != 1 ] || ! grep -q rejected "$work/probe.out"; then
-        say "peer: Node-RED's flow did not answer: $(tail -n 5 "$work/nodered.log" | tr '\n' ' ')"
-        stop_pid "$nr"; stop_pid "$mq"; return
+        say "peer: Node-RED's flow did not answer: $(tail -n 5 "$work"/nodered-*.log | tr '\n' ' ')"
+        stop_peer; return
     fi
-    run_sim peer "$kind" "$offered" "$work" "$nr,$mq" "$@"
-    stop_pid "$nr" 20
-    stop_pid "$mq" 10
+    run_sim peer "$kind" "$offered" "$work" "$(IFS=,; echo "${pids[*]},$mq")" "$@"
+    stop_peer
 }
 
 # ---- the whole comparison ----------------------------------------------------------------------
@@ -408,8 +446,8 @@ say "load average before the run: $load (the numbers mean most on an idle machin
     printf '"cpu":"%s","cores":%s,"mem_gib":%s,"load_before":"%s",' \
         "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//; s/"//g')" "$(nproc)" \
         "$(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo)" "$load"
-    printf '"yijian":"%s","yijian_log":"%s","mosquitto":"%s","node_red":"%s","node":"%s","command":"%s"}\n' \
-        "$("$gateway_bin" --version 2>/dev/null)" "${yijian_log:-default (info)}" \
+    printf '"yijian":"%s","yijian_log":"%s","peer_instances":%s,"mosquitto":"%s","node_red":"%s","node":"%s","command":"%s"}\n' \
+        "$("$gateway_bin" --version 2>/dev/null)" "${yijian_log:-default (info)}" "$peer_instances" \
         "$( (want peer && "$mosquitto_bin" -h 2>/dev/null | head -n 1) || true)" \
         "$( (want peer && node -p 'require(process.argv[1]).version' "$peer_dir/node_modules/node-red/package.json") || true)" \
         "$(node --version)" "$invocation"

@@ -7,6 +7,10 @@
 //   PEER_NODERED_PORT  admin/editor port (loopback only)
 //   PEER_MQTT_PORT     the Mosquitto listener
 //   PEER_BACKENDS      base URL of the mock backends, e.g. http://127.0.0.1:19100
+//   PEER_CLIENT_ID     this instance's MQTT client id (persistent session)
+//   PEER_PRESS_TOPIC   yijian/v1/devices/+/press; with several instances the shared
+//                      subscription $share/peer/yijian/v1/devices/+/press (Mosquitto hands
+//                      each press to one of them, round robin)
 // The broker account's credentials are in flows_cred.json next to the flow file, written by
 // compare.sh in plain text (credentialSecret: false) from the run's generated password.
 module.exports = {
