@@ -191,8 +191,10 @@ prepare() {
 # ---- processes this script started (and only those) are stopped on exit -----------------------
 started_pids=()
 cleanup_dirs=()
-stop_pid() {  # stop_pid PID [seconds]: TERM, wait, then KILL
-    local pid="$1" wait_s="${2:-15}" i
+stop_pid() {  # stop_pid PID [seconds]: TERM, wait, then KILL; then forget the PID
+    local pid="$1" wait_s="${2:-15}" i q keep=()
+    for q in "${started_pids[@]}"; do [ "$q" = "$pid" ] || keep+=("$q"); done
+    started_pids=("${keep[@]}")   # never signal a PID the system may have handed on
     kill -0 "$pid" 2>/dev/null || return 0
     kill -TERM "$pid" 2>/dev/null
     for ((i = 0; i < wait_s * 10; i++)); do
@@ -314,10 +316,12 @@ run_yijian() {  # run_yijian KIND OFFERED [sim args...]
     "$gateway_bin" --config "$work/yijian.toml" --data-dir "$work/data" devices add-many \
         --prefix bench- --count "$devices" --profile three-button >"$work/credentials.jsonl" 2>"$work/provision.err" \
         || die "provisioning failed: $(cat "$work/provision.err")"
-    if [ -n "$yijian_log" ]; then export RUST_LOG="$yijian_log"; fi
-    "$gateway_bin" --config "$work/yijian.toml" --data-dir "$work/data" serve >"$work/gateway.log" 2>&1 &
+    # The shipped log filter unless --yijian-log says otherwise (never one from the caller's
+    # environment: the report states which was used).
+    local log_env=(-u RUST_LOG)
+    [ -n "$yijian_log" ] && log_env=("RUST_LOG=$yijian_log")
+    env "${log_env[@]}" "$gateway_bin" --config "$work/yijian.toml" --data-dir "$work/data" serve >"$work/gateway.log" 2>&1 &
     gw=$!
-    unset RUST_LOG
     started_pids+=("$gw")
     wait_port "$mqtt_port" "$gw" 30 || { say "yijian: the gateway did not start: $(tail -n 3 "$work/gateway.log")"; stop_pid "$gw"; return; }
     run_sim yijian "$kind" "$offered" "$work" "$gw" --gateway-http "http://127.0.0.1:$http_port" "$@"
