@@ -114,9 +114,11 @@ struct RunArgs {
     /// --data-dir passed to yijian-gateway when provisioning.
     #[arg(long)]
     gateway_data_dir: Option<PathBuf>,
-    /// The gateway's process id, to report its memory.
-    #[arg(long)]
-    gateway_pid: Option<u32>,
+    /// The process id of the system under test, to report its memory and CPU. Give several
+    /// (comma-separated or repeated) for a system of several processes, e.g. a broker and an
+    /// integration engine: their CPU seconds and RSS are summed.
+    #[arg(long, value_delimiter = ',')]
+    gateway_pid: Vec<u32>,
     /// New connections per second while ramping up.
     #[arg(long, default_value_t = 2000.0)]
     connect_rate: f64,
@@ -264,7 +266,7 @@ async fn run(a: RunArgs) -> Result<bool> {
         retransmit: a.retransmit,
         max_rate: a.max_rate.then_some(a.p99_limit),
         step: a.step,
-        gateway_pid: a.gateway_pid,
+        gateway_pids: a.gateway_pid,
         progress: !a.quiet,
     };
     let report = yijian_device_sim::load::run(opts, creds).await?;

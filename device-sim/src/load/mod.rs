@@ -37,8 +37,9 @@ pub struct RunOptions {
     pub max_rate: Option<Duration>,
     /// Step length in `--max-rate` mode.
     pub step: Duration,
-    /// The gateway's process id, to report its memory.
-    pub gateway_pid: Option<u32>,
+    /// The processes of the system under test (the gateway; or a broker and what consumes it),
+    /// to report their memory and CPU, summed.
+    pub gateway_pids: Vec<u32>,
     /// Print a progress line every second.
     pub progress: bool,
 }
@@ -81,7 +82,7 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
             }
         })
         .await;
-    let rss_after_connect = opts.gateway_pid.and_then(report::rss_kb);
+    let rss_after_connect = report::sum_over(&opts.gateway_pids, report::rss_kb);
     if let Some(t) = connect_time {
         eprintln!("connected {n} devices in {:.1} s", t.as_secs_f64());
     } else {
@@ -93,7 +94,7 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
 
     let mut steps = Vec::new();
     let press_started = Instant::now();
-    let cpu_before = opts.gateway_pid.and_then(report::cpu_seconds);
+    let cpu_before = report::sum_over(&opts.gateway_pids, report::cpu_seconds);
     match opts.max_rate {
         None => {
             let step = press_phase(&opts, opts.rate, opts.duration, &fleet, &tracker).await;
@@ -127,7 +128,7 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
         }
     }
     let press_elapsed = press_started.elapsed();
-    let cpu = opts.gateway_pid.and_then(report::cpu_seconds).zip(cpu_before).map(|(a, b)| a - b);
+    let cpu = report::sum_over(&opts.gateway_pids, report::cpu_seconds).zip(cpu_before).map(|(a, b)| a - b);
     stop.cancel();
     fleet.disconnect().await;
 
@@ -148,8 +149,8 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
         mock.attempts(),
         press_elapsed,
         rss_after_connect,
-        opts.gateway_pid.and_then(report::rss_kb),
-        opts.gateway_pid.and_then(report::peak_rss_kb),
+        report::sum_over(&opts.gateway_pids, report::rss_kb),
+        report::sum_over(&opts.gateway_pids, report::peak_rss_kb),
         cpu,
     ))
 }

@@ -193,6 +193,15 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
     s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `f` summed over several processes; None when there are none or one cannot be read. (A sum
+/// of peak RSS is an upper bound: the processes need not have peaked at the same moment.)
+pub fn sum_over<T: std::iter::Sum<T>>(pids: &[u32], f: impl Fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| f(p)).sum()
+}
+
 /// User + system CPU seconds a process has used so far.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -211,4 +220,19 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
 /// Peak resident memory of a process, KiB.
 pub fn peak_rss_kb(pid: u32) -> Option<u64> {
     status_kb(pid, "VmHWM:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_processes_are_summed_and_a_missing_one_spoils_the_sum() {
+        let me = std::process::id();
+        assert_eq!(sum_over(&[], rss_kb), None);
+        let one = sum_over(&[me], |_| Some(5u64)).unwrap();
+        assert_eq!(sum_over(&[me, me], |_| Some(5u64)), Some(2 * one));
+        assert!(sum_over(&[me], rss_kb).is_some(), "this process's RSS is readable");
+        assert_eq!(sum_over(&[me, u32::MAX], rss_kb), None, "no such process");
+    }
 }
