@@ -282,14 +282,16 @@ pub fn start(
     stop: CancellationToken,
 ) -> std::io::Result<JoinHandle<()>> {
     // Commit-log limits per filter (rumqttd keeps them in memory, and counts only topic and
-    // payload bytes: each entry really costs ~230 bytes more). Intake's press filter keeps up to
-    // ~8 MB of presses (~80,000, over a minute of intake stall at 1,000/s) and status less; each
-    // device's feedback topic keeps only a few KB. Memory does not grow with history: a press
-    // or feedback evicted before it was read is recovered when the device retransmits.
+    // payload bytes: each entry really costs ~400 bytes with its struct). Intake's press filter
+    // keeps up to ~8 MB of presses (~60,000, a minute of intake stall at 1,000/s) and status
+    // less. Each device's feedback log keeps 1-2 KB (the last few answers, what a device that
+    // was away needs): at 4 KB x 2 the 10,000 logs of a soak held ~250 MB once full. Memory
+    // does not grow with history, and a press or feedback evicted before it was read is
+    // recovered when the device retransmits (DESIGN §2).
     let mut custom = HashMap::new();
     custom.insert(topic::PRESS_FILTER.to_owned(), segment(2 << 20, 4));
     custom.insert(topic::STATUS_FILTER.to_owned(), segment(1 << 20, 2));
-    custom.insert("yijian/v1/devices/+/feedback".to_owned(), segment(4096, 2));
+    custom.insert("yijian/v1/devices/+/feedback".to_owned(), segment(1024, 2));
     let router_config = RouterConfig {
         max_connections: cfg.max_connections,
         max_outgoing_packet_count: 200,
