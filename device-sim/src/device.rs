@@ -2,6 +2,12 @@
 //! client id equal to its device id, `clean_session = false`, a last will on `status`, every
 //! press kept until a feedback with its id arrives and retransmitted with the same id (every
 //! 5 s, jittered, and after every reconnect), jittered exponential reconnect backoff.
+//!
+//! NOTE: a press goes out only while the device's `feedback` subscription exists. A broker that
+//! restarted (the embedded one keeps no sessions) answers the reconnect with
+//! `session_present = false`; a press sent before the new SUBSCRIBE would be journaled and its
+//! `received` published to nobody. So presses made while disconnected wait in the device, and
+//! everything unanswered goes out once the SUBACK is in (at once when the session survived).
 
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -89,6 +95,8 @@ pub struct Heard {
 struct Unanswered {
     payload: Vec<u8>,
     next_send: Instant,
+    /// Published at least once (a later send counts as a retransmission).
+    sent: bool,
 }
 
 /// Counters a device keeps about itself.
@@ -107,6 +115,9 @@ struct Shared {
     stats: Mutex<DeviceStats>,
     /// Set after the first successful CONNACK; cleared by connection errors.
     connected: Mutex<bool>,
+    /// Connected and subscribed to `feedback`: presses may go out. Set on a CONNACK with the
+    /// session present or on the SUBACK after it; cleared by connection errors.
+    ready: Mutex<bool>,
     /// Signalled once the DISCONNECT asked for by [`SimDevice::disconnect`] has gone out.
     gone: tokio::sync::Notify,
     /// Connection losses so far, watchable (tests wait for a disconnect without sleeping).
@@ -189,6 +200,7 @@ impl SimDevice {
             unanswered: Mutex::new(HashMap::new()),
             stats: Mutex::new(DeviceStats { connects: 1, ..Default::default() }),
             connected: Mutex::new(true),
+            ready: Mutex::new(ack.session_present),
             gone: tokio::sync::Notify::new(),
             losses: tokio::sync::watch::channel(0).0,
         });
@@ -211,11 +223,21 @@ impl SimDevice {
 
     /// Publish an arbitrary press payload under `id` and keep retransmitting it until a
     /// feedback names `id`.
+    /// Sent at once when the device is connected and subscribed, else as soon as it is.
     pub async fn press_payload(&mut self, id: &str, payload: Vec<u8>) -> Result<(), DeviceError> {
-        self.shared.unanswered.lock().expect("lock").insert(
-            id.to_owned(),
-            Unanswered { payload: payload.clone(), next_send: Instant::now() + jittered(self.retransmit) },
-        );
+        // Decided under the `ready` lock: a SUBACK handled meanwhile either sees this press in
+        // `unanswered` (and sends it) or happens before the check (and this sends it).
+        let send_now = {
+            let ready = self.shared.ready.lock().expect("lock");
+            self.shared.unanswered.lock().expect("lock").insert(
+                id.to_owned(),
+                Unanswered { payload: payload.clone(), next_send: Instant::now() + jittered(self.retransmit), sent: *ready },
+            );
+            *ready
+        };
+        if !send_now {
+            return Ok(());
+        }
         let t = topic::topic(&self.id, topic::Kind::Press);
         self.client.publish(t, QoS::AtLeastOnce, false, payload).await.map_err(|_| DeviceError::Stopped)
     }
@@ -325,6 +347,7 @@ async fn event_loop(
     stop: CancellationToken,
 ) {
     let mut failures: u32 = 0;
+    let press_topic = feedback_topic.trim_end_matches("feedback").to_owned() + "press";
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
@@ -343,23 +366,22 @@ async fn event_loop(
                 failures = 0;
                 *shared.connected.lock().expect("lock") = true;
                 shared.stats.lock().expect("lock").connects += 1;
-                if !ack.session_present {
+                if ack.session_present {
+                    send_unanswered(&client, &shared, &press_topic);
+                } else {
+                    // The broker forgot the session: subscribe again, and send presses only
+                    // once the SUBACK says the subscription exists.
                     let _ = client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
                 }
-                // After every reconnect, resend what is still unanswered.
-                let resend: Vec<Vec<u8>> = shared.unanswered.lock().expect("lock").values().map(|u| u.payload.clone()).collect();
-                let press_topic = feedback_topic.trim_end_matches("feedback").to_owned() + "press";
-                for payload in resend {
-                    shared.stats.lock().expect("lock").retransmits += 1;
-                    let _ = client.try_publish(&press_topic, QoS::AtLeastOnce, false, payload);
-                }
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => send_unanswered(&client, &shared, &press_topic),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 shared.gone.notify_one();
                 return;
             }
             Ok(_) => {}
             Err(_) => {
+                *shared.ready.lock().expect("lock") = false;
                 *shared.connected.lock().expect("lock") = false;
                 shared.stats.lock().expect("lock").disconnects += 1;
                 shared.losses.send_modify(|n| *n += 1);
@@ -376,6 +398,27 @@ async fn event_loop(
     }
 }
 
+/// The device is connected and subscribed: from now on presses go out, starting with every
+/// one still unanswered (the device contract's resend after every reconnect).
+fn send_unanswered(client: &AsyncClient, shared: &Shared, press_topic: &str) {
+    let mut ready = shared.ready.lock().expect("lock");
+    *ready = true;
+    let resend: Vec<(Vec<u8>, bool)> = shared
+        .unanswered
+        .lock()
+        .expect("lock")
+        .values_mut()
+        .map(|u| (u.payload.clone(), std::mem::replace(&mut u.sent, true)))
+        .collect();
+    for (payload, was_sent) in resend {
+        if was_sent {
+            shared.stats.lock().expect("lock").retransmits += 1;
+        }
+        let _ = client.try_publish(press_topic, QoS::AtLeastOnce, false, payload);
+    }
+    drop(ready);
+}
+
 async fn retransmitter(client: AsyncClient, shared: Arc<Shared>, device_id: String, every: Duration, stop: CancellationToken) {
     let press_topic = topic::topic(&device_id, topic::Kind::Press);
     let tick = (every / 5).max(Duration::from_millis(50));
@@ -385,12 +428,17 @@ async fn retransmitter(client: AsyncClient, shared: Arc<Shared>, device_id: Stri
             _ = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
+        if !*shared.ready.lock().expect("lock") {
+            // Not subscribed: the resend after the SUBACK covers these.
+            continue;
+        }
         let due: Vec<Vec<u8>> = {
             let mut u = shared.unanswered.lock().expect("lock");
             u.values_mut()
                 .filter(|x| x.next_send <= now)
                 .map(|x| {
                     x.next_send = now + jittered(every);
+                    x.sent = true;
                     x.payload.clone()
                 })
                 .collect()
