@@ -3,11 +3,14 @@
 //! press kept until a feedback with its id arrives and retransmitted with the same id (every
 //! 5 s, jittered, and after every reconnect), jittered exponential reconnect backoff.
 //!
-//! NOTE: a press goes out only while the device's `feedback` subscription exists. A broker that
-//! restarted (the embedded one keeps no sessions) answers the reconnect with
-//! `session_present = false`; a press sent before the new SUBSCRIBE would be journaled and its
-//! `received` published to nobody. So presses made while disconnected wait in the device, and
-//! everything unanswered goes out once the SUBACK is in (at once when the session survived).
+//! NOTE: a press goes out only while the device's `feedback` subscription exists, and the device
+//! subscribes again after every CONNACK, whatever `session_present` says. A broker that
+//! restarted (the embedded one keeps no sessions) has forgotten the subscription; and a
+//! session the broker does remember may never have had one: a connection attempt the device
+//! gave up on (its CONNACK was slow, as in a reconnect storm) can still be taken by the broker
+//! and leave a session without the SUBSCRIBE that was never sent on it. A press sent before
+//! the new SUBACK could be journaled and its `received` published to nobody. So presses made
+//! while not subscribed wait in the device, and everything unanswered goes out on the SUBACK.
 
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -181,18 +184,17 @@ impl SimDevice {
         // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
         events.network_options.set_tcp_nodelay(true);
         // First connection: report failure directly instead of retrying forever.
-        let ack = loop {
+        loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => break ack,
+                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
                 Ok(_) => {}
                 Err(e) => return Err(DeviceError::Connect(e.to_string())),
             }
-        };
+        }
         let feedback_topic = topic::topic(&cfg.device_id, topic::Kind::Feedback);
         let status_topic = topic::topic(&cfg.device_id, topic::Kind::Status);
-        if !ack.session_present {
-            client.subscribe(&feedback_topic, QoS::AtLeastOnce).await.map_err(|_| DeviceError::Stopped)?;
-        }
+        // Always, even with a session present (see the module note); presses wait for the SUBACK.
+        client.subscribe(&feedback_topic, QoS::AtLeastOnce).await.map_err(|_| DeviceError::Stopped)?;
         let online = serde_json::json!({"online": true, "battery": 90, "at": epoch_ms()}).to_string();
         client.publish(&status_topic, QoS::AtLeastOnce, true, online).await.map_err(|_| DeviceError::Stopped)?;
 
@@ -200,7 +202,7 @@ impl SimDevice {
             unanswered: Mutex::new(HashMap::new()),
             stats: Mutex::new(DeviceStats { connects: 1, ..Default::default() }),
             connected: Mutex::new(true),
-            ready: Mutex::new(ack.session_present),
+            ready: Mutex::new(false),
             gone: tokio::sync::Notify::new(),
             losses: tokio::sync::watch::channel(0).0,
         });
@@ -362,17 +364,13 @@ async fn event_loop(
                     let _ = tx.send(Heard { feedback: f, at: Instant::now() });
                 }
             }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 *shared.connected.lock().expect("lock") = true;
                 shared.stats.lock().expect("lock").connects += 1;
-                if ack.session_present {
-                    send_unanswered(&client, &shared, &press_topic);
-                } else {
-                    // The broker forgot the session: subscribe again, and send presses only
-                    // once the SUBACK says the subscription exists.
-                    let _ = client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
-                }
+                // Subscribe again whatever `session_present` says (see the module note), and
+                // send presses only once the SUBACK says the subscription exists.
+                let _ = client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => send_unanswered(&client, &shared, &press_topic),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {

@@ -2,8 +2,10 @@
 //! session, jittered ramp-up and jittered exponential reconnect backoff, feedback fed to the
 //! shared [`Tracker`].
 //!
-//! As [`crate::device`]: a press goes out only while the device's `feedback` subscription
-//! exists (a restarted broker forgets sessions); presses held meanwhile go out on the SUBACK.
+//! As [`crate::device`]: every CONNACK is followed by a SUBSCRIBE to the device's `feedback`,
+//! whatever `session_present` says, and a press goes out only once its SUBACK is in (a restarted
+//! broker forgets sessions; a session left by an abandoned connection attempt never had the
+//! subscription); presses held meanwhile go out on the SUBACK.
 
 use super::tracker::Tracker;
 use rand::Rng;
@@ -165,18 +167,14 @@ async fn run_device(
         };
         match ev {
             Ok(Event::Incoming(Packet::Publish(p))) => tracker.heard(&p.payload, Instant::now()),
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 dev.connected.store(true, Ordering::Relaxed);
                 dev.connacks.fetch_add(1, Ordering::Relaxed);
                 stats.connected.fetch_add(1, Ordering::Relaxed);
                 stats.connacks.fetch_add(1, Ordering::Relaxed);
                 let _ = dev.heartbeat(br#"{"online":true}"#.to_vec());
-                if ack.session_present {
-                    send_unanswered(idx, &dev, &tracker);
-                } else {
-                    let _ = dev.client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
-                }
+                let _ = dev.client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
             }
             // The device contract: after every reconnect (once subscribed), resend what is
             // unanswered.
