@@ -152,7 +152,19 @@ async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_
     storm_presses.0.cancel();
     storm_presses.1.await?;
     presser.burst(100, Duration::from_millis(2)).await;
-    presser.settled("after the storm", Duration::from_secs(60)).await?;
+    if let Err(e) = presser.settled("after the storm", Duration::from_secs(60)).await {
+        let duplicates = counter(&gw.metrics().await?, DUPLICATE_CLIENT_ID);
+        let drops = fleet.stats.drops.load(Ordering::Relaxed) - drops_before;
+        let logged = gw.logs().lines().filter(|l| l.contains("Duplicate client_id")).count();
+        let not_ready = fleet.devices.iter().filter(|d| !d.ready.load(Ordering::Relaxed)).count();
+        let logs = gw.logs();
+        let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(20).collect();
+        eprintln!("gateway warnings and errors:\n{}", warnings.join("\n"));
+        return Err(e.context(format!(
+            "{DUPLICATE_CLIENT_ID} = {duplicates}, {logged} \"Duplicate client_id\" log lines, \
+             {drops} connections lost since the restart, {not_ready} devices not subscribed"
+        )));
+    }
 
     // No session evicted: the gateway saw no second connection under a live client id, the
     // broker dropped none as a duplicate, and each device lost its connection once (the
