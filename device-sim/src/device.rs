@@ -118,8 +118,8 @@ struct Shared {
     stats: Mutex<DeviceStats>,
     /// Set after the first successful CONNACK; cleared by connection errors.
     connected: Mutex<bool>,
-    /// Connected and subscribed to `feedback`: presses may go out. Set on a CONNACK with the
-    /// session present or on the SUBACK after it; cleared by connection errors.
+    /// Connected and subscribed to `feedback`: presses may go out. Set by the SUBACK that
+    /// follows every CONNACK; cleared by connection errors.
     ready: Mutex<bool>,
     /// Signalled once the DISCONNECT asked for by [`SimDevice::disconnect`] has gone out.
     gone: tokio::sync::Notify,
@@ -224,8 +224,8 @@ impl SimDevice {
     }
 
     /// Publish an arbitrary press payload under `id` and keep retransmitting it until a
-    /// feedback names `id`.
-    /// Sent at once when the device is connected and subscribed, else as soon as it is.
+    /// feedback names `id`. Sent at once when the device is connected and subscribed, else as
+    /// soon as it is.
     pub async fn press_payload(&mut self, id: &str, payload: Vec<u8>) -> Result<(), DeviceError> {
         // Decided under the `ready` lock: a SUBACK handled meanwhile either sees this press in
         // `unanswered` (and sends it) or happens before the check (and this sends it).
