@@ -21,19 +21,19 @@ use crate::{test_config, OPERATOR_TOKEN};
 /// How long a start may take before the test gives up (the journal replay included).
 pub const START_WAIT: Duration = Duration::from_secs(30);
 
-/// The release gateway binary, checked to exist and to be newer than every gateway source.
+/// The release gateway binary, checked to exist and, when it is the one beside this test, to
+/// be newer than every gateway source. `YIJIAN_GATEWAY_BIN` names another (taken as it is).
 pub fn gateway_binary() -> Result<PathBuf> {
-    let bin = match std::env::var_os("YIJIAN_GATEWAY_BIN") {
-        Some(b) => PathBuf::from(b),
-        None => {
-            // target/release/deps/crash-<hash> → target/release/yijian-gateway
-            let exe = std::env::current_exe().context("this test's own path")?;
-            let profile_dir = exe.parent().and_then(Path::parent).context("the test executable's target directory")?;
-            profile_dir.join("yijian-gateway")
-        }
-    };
     let fix = "build it first: `cargo build --release -p yijian-gateway`, or run the tests as the README says \
-               (`cargo test --release --workspace` builds every workspace binary), or set YIJIAN_GATEWAY_BIN";
+               (`cargo test --release --workspace` builds every workspace binary)";
+    if let Some(b) = std::env::var_os("YIJIAN_GATEWAY_BIN") {
+        let bin = PathBuf::from(b);
+        ensure!(bin.is_file(), "YIJIAN_GATEWAY_BIN={} is not a file", bin.display());
+        return Ok(bin);
+    }
+    // target/release/deps/crash-<hash> → target/release/yijian-gateway
+    let exe = std::env::current_exe().context("this test's own path")?;
+    let bin = exe.parent().and_then(Path::parent).context("the test executable's target directory")?.join("yijian-gateway");
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .map_err(|e| anyhow!("the gateway binary {} is not there ({e}); {fix}", bin.display()))?;
