@@ -2,6 +2,15 @@
 //! client id equal to its device id, `clean_session = false`, a last will on `status`, every
 //! press kept until a feedback with its id arrives and retransmitted with the same id (every
 //! 5 s, jittered, and after every reconnect), jittered exponential reconnect backoff.
+//!
+//! NOTE: a press goes out only while the device's `feedback` subscription exists, and the device
+//! subscribes again after every CONNACK, whatever `session_present` says. A broker that
+//! restarted (the embedded one keeps no sessions) has forgotten the subscription; and a
+//! session the broker does remember may never have had one: a connection attempt the device
+//! gave up on (its CONNACK was slow, as in a reconnect storm) can still be taken by the broker
+//! and leave a session without the SUBSCRIBE that was never sent on it. A press sent before
+//! the new SUBACK could be journaled and its `received` published to nobody. So presses made
+//! while not subscribed wait in the device, and everything unanswered goes out on the SUBACK.
 
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -89,6 +98,8 @@ pub struct Heard {
 struct Unanswered {
     payload: Vec<u8>,
     next_send: Instant,
+    /// Published at least once (a later send counts as a retransmission).
+    sent: bool,
 }
 
 /// Counters a device keeps about itself.
@@ -107,6 +118,9 @@ struct Shared {
     stats: Mutex<DeviceStats>,
     /// Set after the first successful CONNACK; cleared by connection errors.
     connected: Mutex<bool>,
+    /// Connected and subscribed to `feedback`: presses may go out. Set by the SUBACK that
+    /// follows every CONNACK; cleared by connection errors.
+    ready: Mutex<bool>,
     /// Signalled once the DISCONNECT asked for by [`SimDevice::disconnect`] has gone out.
     gone: tokio::sync::Notify,
     /// Connection losses so far, watchable (tests wait for a disconnect without sleeping).
@@ -170,18 +184,17 @@ impl SimDevice {
         // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
         events.network_options.set_tcp_nodelay(true);
         // First connection: report failure directly instead of retrying forever.
-        let ack = loop {
+        loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => break ack,
+                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
                 Ok(_) => {}
                 Err(e) => return Err(DeviceError::Connect(e.to_string())),
             }
-        };
+        }
         let feedback_topic = topic::topic(&cfg.device_id, topic::Kind::Feedback);
         let status_topic = topic::topic(&cfg.device_id, topic::Kind::Status);
-        if !ack.session_present {
-            client.subscribe(&feedback_topic, QoS::AtLeastOnce).await.map_err(|_| DeviceError::Stopped)?;
-        }
+        // Always, even with a session present (see the module note); presses wait for the SUBACK.
+        client.subscribe(&feedback_topic, QoS::AtLeastOnce).await.map_err(|_| DeviceError::Stopped)?;
         let online = serde_json::json!({"online": true, "battery": 90, "at": epoch_ms()}).to_string();
         client.publish(&status_topic, QoS::AtLeastOnce, true, online).await.map_err(|_| DeviceError::Stopped)?;
 
@@ -189,6 +202,7 @@ impl SimDevice {
             unanswered: Mutex::new(HashMap::new()),
             stats: Mutex::new(DeviceStats { connects: 1, ..Default::default() }),
             connected: Mutex::new(true),
+            ready: Mutex::new(false),
             gone: tokio::sync::Notify::new(),
             losses: tokio::sync::watch::channel(0).0,
         });
@@ -210,12 +224,22 @@ impl SimDevice {
     }
 
     /// Publish an arbitrary press payload under `id` and keep retransmitting it until a
-    /// feedback names `id`.
+    /// feedback names `id`. Sent at once when the device is connected and subscribed, else as
+    /// soon as it is.
     pub async fn press_payload(&mut self, id: &str, payload: Vec<u8>) -> Result<(), DeviceError> {
-        self.shared.unanswered.lock().expect("lock").insert(
-            id.to_owned(),
-            Unanswered { payload: payload.clone(), next_send: Instant::now() + jittered(self.retransmit) },
-        );
+        // Decided under the `ready` lock: a SUBACK handled meanwhile either sees this press in
+        // `unanswered` (and sends it) or happens before the check (and this sends it).
+        let send_now = {
+            let ready = self.shared.ready.lock().expect("lock");
+            self.shared.unanswered.lock().expect("lock").insert(
+                id.to_owned(),
+                Unanswered { payload: payload.clone(), next_send: Instant::now() + jittered(self.retransmit), sent: *ready },
+            );
+            *ready
+        };
+        if !send_now {
+            return Ok(());
+        }
         let t = topic::topic(&self.id, topic::Kind::Press);
         self.client.publish(t, QoS::AtLeastOnce, false, payload).await.map_err(|_| DeviceError::Stopped)
     }
@@ -325,6 +349,7 @@ async fn event_loop(
     stop: CancellationToken,
 ) {
     let mut failures: u32 = 0;
+    let press_topic = feedback_topic.trim_end_matches("feedback").to_owned() + "press";
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
@@ -339,27 +364,22 @@ async fn event_loop(
                     let _ = tx.send(Heard { feedback: f, at: Instant::now() });
                 }
             }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 *shared.connected.lock().expect("lock") = true;
                 shared.stats.lock().expect("lock").connects += 1;
-                if !ack.session_present {
-                    let _ = client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
-                }
-                // After every reconnect, resend what is still unanswered.
-                let resend: Vec<Vec<u8>> = shared.unanswered.lock().expect("lock").values().map(|u| u.payload.clone()).collect();
-                let press_topic = feedback_topic.trim_end_matches("feedback").to_owned() + "press";
-                for payload in resend {
-                    shared.stats.lock().expect("lock").retransmits += 1;
-                    let _ = client.try_publish(&press_topic, QoS::AtLeastOnce, false, payload);
-                }
+                // Subscribe again whatever `session_present` says (see the module note), and
+                // send presses only once the SUBACK says the subscription exists.
+                let _ = client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => send_unanswered(&client, &shared, &press_topic),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 shared.gone.notify_one();
                 return;
             }
             Ok(_) => {}
             Err(_) => {
+                *shared.ready.lock().expect("lock") = false;
                 *shared.connected.lock().expect("lock") = false;
                 shared.stats.lock().expect("lock").disconnects += 1;
                 shared.losses.send_modify(|n| *n += 1);
@@ -376,6 +396,27 @@ async fn event_loop(
     }
 }
 
+/// The device is connected and subscribed: from now on presses go out, starting with every
+/// one still unanswered (the device contract's resend after every reconnect).
+fn send_unanswered(client: &AsyncClient, shared: &Shared, press_topic: &str) {
+    let mut ready = shared.ready.lock().expect("lock");
+    *ready = true;
+    let resend: Vec<(Vec<u8>, bool)> = shared
+        .unanswered
+        .lock()
+        .expect("lock")
+        .values_mut()
+        .map(|u| (u.payload.clone(), std::mem::replace(&mut u.sent, true)))
+        .collect();
+    for (payload, was_sent) in resend {
+        if was_sent {
+            shared.stats.lock().expect("lock").retransmits += 1;
+        }
+        let _ = client.try_publish(press_topic, QoS::AtLeastOnce, false, payload);
+    }
+    drop(ready);
+}
+
 async fn retransmitter(client: AsyncClient, shared: Arc<Shared>, device_id: String, every: Duration, stop: CancellationToken) {
     let press_topic = topic::topic(&device_id, topic::Kind::Press);
     let tick = (every / 5).max(Duration::from_millis(50));
@@ -385,12 +426,17 @@ async fn retransmitter(client: AsyncClient, shared: Arc<Shared>, device_id: Stri
             _ = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
+        if !*shared.ready.lock().expect("lock") {
+            // Not subscribed: the resend after the SUBACK covers these.
+            continue;
+        }
         let due: Vec<Vec<u8>> = {
             let mut u = shared.unanswered.lock().expect("lock");
             u.values_mut()
                 .filter(|x| x.next_send <= now)
                 .map(|x| {
                     x.next_send = now + jittered(every);
+                    x.sent = true;
                     x.payload.clone()
                 })
                 .collect()

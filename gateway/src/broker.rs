@@ -10,6 +10,7 @@
 //! ([`tls`]). SECURITY.md is the threat model these controls answer.
 
 pub mod evict;
+pub mod sessions;
 pub mod tls;
 
 use crate::config::MqttConfig;
@@ -157,6 +158,10 @@ pub struct Acl {
     flood: Arc<FloodConfig>,
     /// Credential changes (shared with [`evict`]).
     changes: Arc<evict::CredentialChanges>,
+    /// Device connections open at the broker, shared by every connection.
+    open: Arc<sessions::OpenSessions>,
+    /// This device connection's place among them, from its CONNECT (counted once accepted).
+    session: Option<Arc<sessions::Session>>,
 }
 
 impl Acl {
@@ -171,6 +176,8 @@ impl Acl {
             bucket: None,
             flood,
             changes,
+            open: Arc::default(),
+            session: None,
         }
     }
 
@@ -217,6 +224,10 @@ impl Protocol for Acl {
                 if !self.exempt {
                     self.bucket = Some(self.flood.bucket(Instant::now()));
                 }
+                // An evictor takes a device's client id on purpose ([`evict`]): not a duplicate.
+                if !self.exempt && !self.evictor {
+                    self.session = Some(Arc::new(sessions::Session::new(self.open.clone(), connect.client_id.clone())));
+                }
                 // Over TLS with a verified client certificate, the certificate names the device.
                 if let Some(Some(cn)) = &self.identity {
                     if *cn != connect.client_id {
@@ -256,6 +267,11 @@ impl Protocol for Acl {
     }
 
     fn write(&self, packet: Packet, write: &mut bytes::BytesMut) -> Result<usize, ProtocolError> {
+        if let (Packet::ConnAck(ack, _), Some(session)) = (&packet, &self.session) {
+            if ack.code == rumqttd::protocol::ConnectReturnCode::Success && session.accepted() {
+                telemetry::mqtt_duplicate_client_id(self.client_id.as_deref().unwrap_or(""));
+            }
+        }
         self.inner.write(packet, write)
     }
 }

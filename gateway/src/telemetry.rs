@@ -59,6 +59,9 @@ pub const STATUS_RECEIVED_TOTAL: &str = "yijian_status_received_total";
 pub const STATUS_REJECTED_TOTAL: &str = "yijian_status_rejected_total";
 /// `{result}`: MQTT connection attempts by authentication result.
 pub const MQTT_AUTH_TOTAL: &str = "yijian_mqtt_auth_total";
+/// Device connections accepted while another under the same client id was still open (the
+/// broker drops the older one).
+pub const MQTT_DUPLICATE_CLIENT_ID_TOTAL: &str = "yijian_mqtt_duplicate_client_id_total";
 /// `{reason}`: MQTT connections closed by the topic ACL.
 pub const MQTT_REFUSED_TOTAL: &str = "yijian_mqtt_refused_total";
 /// `{state}`: feedback messages published to devices.
@@ -171,6 +174,7 @@ fn describe() {
     c!(STATUS_RECEIVED_TOTAL, Unit::Count, "Status messages (heartbeats, last wills) taken in.");
     c!(STATUS_REJECTED_TOTAL, Unit::Count, "Status messages refused, by reason.");
     c!(MQTT_AUTH_TOTAL, Unit::Count, "MQTT connection attempts, by authentication result.");
+    c!(MQTT_DUPLICATE_CLIENT_ID_TOTAL, Unit::Count, "Device MQTT connections accepted while another with the same client id was still open; the broker dropped the older one.");
     c!(MQTT_REFUSED_TOTAL, Unit::Count, "MQTT connections closed for publishing or subscribing outside the device's own topics, by reason.");
     c!(FEEDBACK_SENT_TOTAL, Unit::Count, "Feedback messages published to devices, by state.");
     c!(FEEDBACK_FAILED_TOTAL, Unit::Count, "Feedback messages that could not be queued for publishing, by state.");
@@ -216,7 +220,7 @@ fn describe() {
     for r in CALLBACK_RESULTS {
         counter!(CALLBACKS_TOTAL, "result" => *r).increment(0);
     }
-    for name in [PRESS_DUPLICATES_TOTAL, PRESS_UNKNOWN_FIELDS_TOTAL, PRESS_CLOCK_SKEW_TOTAL, STATUS_RECEIVED_TOTAL] {
+    for name in [PRESS_DUPLICATES_TOTAL, PRESS_UNKNOWN_FIELDS_TOTAL, PRESS_CLOCK_SKEW_TOTAL, STATUS_RECEIVED_TOTAL, MQTT_DUPLICATE_CLIENT_ID_TOTAL] {
         counter!(name).increment(0);
     }
     counter!(STORE_ERRORS_TOTAL, "op" => "commit").increment(0);
@@ -346,6 +350,14 @@ pub fn status_rejected(reason: RejectReason) {
 /// An MQTT connection attempt was authenticated (`accepted`) or refused (the reason).
 pub fn mqtt_auth(result: &'static str) {
     counter!(MQTT_AUTH_TOTAL, "result" => result).increment(1);
+}
+
+/// A device connection was accepted while an older one with its client id was still open; the
+/// broker drops the older one. Logged at warn: one now and then is a device reconnecting over a
+/// half-open connection, many are a reconnect storm evicting sessions (DESIGN §6).
+pub fn mqtt_duplicate_client_id(client_id: &str) {
+    counter!(MQTT_DUPLICATE_CLIENT_ID_TOTAL).increment(1);
+    tracing::warn!(client_id, "MQTT connection took over a client id that was still connected; the older connection is dropped");
 }
 
 /// The topic ACL closed a connection. Logged at warn: it is either a bug in a device or an attack.

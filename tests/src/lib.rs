@@ -1,6 +1,8 @@
 //! Test harness: a gateway, mock backends and simulated devices in one process, on loopback
 //! ports reserved at run time (never fixed ports).
 
+pub mod child;
+
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 use std::net::SocketAddr;

@@ -1,6 +1,11 @@
 //! A fleet of simulated devices for load runs: one real MQTT connection each, persistent
 //! session, jittered ramp-up and jittered exponential reconnect backoff, feedback fed to the
 //! shared [`Tracker`].
+//!
+//! As [`crate::device`]: every CONNACK is followed by a SUBSCRIBE to the device's `feedback`,
+//! whatever `session_present` says, and a press goes out only once its SUBACK is in (a restarted
+//! broker forgets sessions; a session left by an abandoned connection attempt never had the
+//! subscription); presses held meanwhile go out on the SUBACK.
 
 use super::tracker::Tracker;
 use rand::Rng;
@@ -25,13 +30,22 @@ pub struct Device {
     pub id: String,
     pub client: AsyncClient,
     pub connected: AtomicBool,
+    /// Connected and subscribed to `feedback`: presses may go out.
+    pub ready: AtomicBool,
+    /// CONNACKs this device has had (a reconnect storm test counts them per device).
+    pub connacks: AtomicU64,
     press_topic: String,
     status_topic: String,
 }
 
 impl Device {
-    /// Queue a press publish; false when the device's queue is full.
+    /// Queue a press publish; false when the device's queue is full. A device not yet
+    /// subscribed holds the press (true): the tracker keeps it unanswered, and the SUBACK sends
+    /// every unanswered press.
     pub fn publish_press(&self, payload: Vec<u8>) -> bool {
+        if !self.ready.load(Ordering::SeqCst) {
+            return true;
+        }
         self.client.try_publish(&self.press_topic, QoS::AtLeastOnce, false, payload).is_ok()
     }
 
@@ -91,6 +105,8 @@ impl Fleet {
                 id: c.device_id.clone(),
                 client,
                 connected: AtomicBool::new(false),
+                ready: AtomicBool::new(false),
+                connacks: AtomicU64::new(0),
                 press_topic: topic::topic(&c.device_id, topic::Kind::Press),
                 status_topic,
             });
@@ -144,7 +160,6 @@ async fn run_device(
 ) {
     let feedback_topic = topic::topic(&dev.id, topic::Kind::Feedback);
     let mut failures: u32 = 0;
-    let mut ever_connected = false;
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
@@ -152,25 +167,21 @@ async fn run_device(
         };
         match ev {
             Ok(Event::Incoming(Packet::Publish(p))) => tracker.heard(&p.payload, Instant::now()),
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 dev.connected.store(true, Ordering::Relaxed);
+                dev.connacks.fetch_add(1, Ordering::Relaxed);
                 stats.connected.fetch_add(1, Ordering::Relaxed);
                 stats.connacks.fetch_add(1, Ordering::Relaxed);
-                if !ack.session_present {
-                    let _ = dev.client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
-                }
                 let _ = dev.heartbeat(br#"{"online":true}"#.to_vec());
-                if ever_connected {
-                    // The device contract: after every reconnect, resend what is unanswered.
-                    for payload in tracker.unanswered_of(idx) {
-                        let _ = dev.publish_press(payload);
-                    }
-                }
-                ever_connected = true;
+                let _ = dev.client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
             }
+            // The device contract: after every reconnect (once subscribed), resend what is
+            // unanswered.
+            Ok(Event::Incoming(Packet::SubAck(_))) => send_unanswered(idx, &dev, &tracker),
             Ok(_) => {}
             Err(_) => {
+                dev.ready.store(false, Ordering::SeqCst);
                 if dev.connected.swap(false, Ordering::Relaxed) {
                     stats.connected.fetch_sub(1, Ordering::Relaxed);
                     stats.drops.fetch_add(1, Ordering::Relaxed);
@@ -186,5 +197,15 @@ async fn run_device(
                 }
             }
         }
+    }
+}
+
+/// Presses may go out from now on; first every one still unanswered. `ready` is set before the
+/// tracker is read, and a press is recorded in the tracker before `ready` is checked: a press
+/// made meanwhile is sent by one side or both, never by neither.
+fn send_unanswered(idx: u32, dev: &Device, tracker: &Tracker) {
+    dev.ready.store(true, Ordering::SeqCst);
+    for payload in tracker.unanswered_of(idx) {
+        let _ = dev.publish_press(payload);
     }
 }

@@ -259,7 +259,9 @@ async fn heartbeats(fleet: Arc<Fleet>, every: Duration, stop: CancellationToken)
     }
 }
 
-async fn retransmitter(fleet: Arc<Fleet>, tracker: Arc<Tracker>, stop: CancellationToken) {
+/// Resend every press the tracker says is due (unanswered past its retransmit interval), until
+/// `stop`: the device contract's periodic retransmission, for a whole fleet.
+pub async fn retransmitter(fleet: Arc<Fleet>, tracker: Arc<Tracker>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
