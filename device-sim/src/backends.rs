@@ -113,7 +113,11 @@ pub struct MockOptions {
 
 impl Default for MockOptions {
     fn default() -> Self {
-        MockOptions { latency: Duration::ZERO, fail_rate: 0.0, keep_bodies: true }
+        MockOptions {
+            latency: Duration::ZERO,
+            fail_rate: 0.0,
+            keep_bodies: true,
+        }
     }
 }
 
@@ -130,7 +134,10 @@ pub struct MockBackends {
 }
 
 fn epoch_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 impl MockBackends {
@@ -152,7 +159,9 @@ impl MockBackends {
             .with_state(m.clone());
         let stop = m.stop.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
         });
         Ok(m)
     }
@@ -169,12 +178,22 @@ impl MockBackends {
 
     /// Set how `backend` answers from now on.
     pub fn set(&self, backend: &str, b: Behaviour) {
-        self.inner.lock().expect("lock").standing.insert(backend.to_owned(), b);
+        self.inner
+            .lock()
+            .expect("lock")
+            .standing
+            .insert(backend.to_owned(), b);
     }
 
     /// Queue behaviours for `backend`'s next requests (then its standing behaviour).
     pub fn script(&self, backend: &str, bs: impl IntoIterator<Item = Behaviour>) {
-        self.inner.lock().expect("lock").scripts.entry(backend.to_owned()).or_default().extend(bs);
+        self.inner
+            .lock()
+            .expect("lock")
+            .scripts
+            .entry(backend.to_owned())
+            .or_default()
+            .extend(bs);
     }
 
     /// Requests taken (unique keys), in arrival order.
@@ -184,7 +203,10 @@ impl MockBackends {
 
     /// Requests taken by one backend.
     pub fn received_by(&self, backend: &str) -> Vec<Received> {
-        self.received().into_iter().filter(|r| r.backend == backend).collect()
+        self.received()
+            .into_iter()
+            .filter(|r| r.backend == backend)
+            .collect()
     }
 
     /// Update calls taken, in arrival order (`key` is their Idempotency-Key).
@@ -219,7 +241,13 @@ impl MockBackends {
 
     /// Queue behaviours for `backend`'s next cancellations (then: answer by the contract).
     pub fn script_cancel(&self, backend: &str, bs: impl IntoIterator<Item = Behaviour>) {
-        self.inner.lock().expect("lock").cancel_scripts.entry(backend.to_owned()).or_default().extend(bs);
+        self.inner
+            .lock()
+            .expect("lock")
+            .cancel_scripts
+            .entry(backend.to_owned())
+            .or_default()
+            .extend(bs);
     }
 
     /// Cancellations taken (unique keys), in arrival order; `key` is the Idempotency-Key.
@@ -240,7 +268,9 @@ impl MockBackends {
 
 async fn list_all(State(m): State<MockBackends>) -> Json<serde_json::Value> {
     let inner = m.inner.lock().expect("lock");
-    Json(serde_json::json!({"received": inner.received, "duplicates": inner.duplicates, "attempts": inner.attempts, "cancels": inner.cancels}))
+    Json(
+        serde_json::json!({"received": inner.received, "duplicates": inner.duplicates, "attempts": inner.attempts, "cancels": inner.cancels}),
+    )
 }
 
 async fn take_cancel(
@@ -251,7 +281,12 @@ async fn take_cancel(
 ) -> Response {
     let arrived_us = epoch_us();
     let arrived_ms = arrived_us / 1000;
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let Some(key) = header("idempotency-key") else {
         return (StatusCode::BAD_REQUEST, "missing Idempotency-Key").into_response();
     };
@@ -261,7 +296,10 @@ async fn take_cancel(
     };
     let (status, delay) = {
         let mut inner = m.inner.lock().expect("lock");
-        let scripted = inner.cancel_scripts.get_mut(&backend).and_then(VecDeque::pop_front);
+        let scripted = inner
+            .cancel_scripts
+            .get_mut(&backend)
+            .and_then(VecDeque::pop_front);
         let had = inner.keys.contains(&(backend.clone(), request.clone()));
         let repeated = inner.cancel_keys.contains(&(backend.clone(), key.clone()));
         let (status, delay) = match scripted {
@@ -271,7 +309,13 @@ async fn take_cancel(
             _ if !had => (404, Duration::ZERO),
             _ => (200, Duration::ZERO),
         };
-        inner.cancel_hits.push(Hit { backend: backend.clone(), key: key.clone(), attempt, arrived_ms, status });
+        inner.cancel_hits.push(Hit {
+            backend: backend.clone(),
+            key: key.clone(),
+            attempt,
+            arrived_ms,
+            status,
+        });
         if status == 200 {
             inner.cancel_keys.insert((backend.clone(), key.clone()));
             inner.cancels.push(Received {
@@ -292,7 +336,11 @@ async fn take_cancel(
         tokio::time::sleep(delay).await;
     }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, Json(serde_json::json!({"request_id": request, "cancelled": status == 200}))).into_response()
+    (
+        code,
+        Json(serde_json::json!({"request_id": request, "cancelled": status == 200})),
+    )
+        .into_response()
 }
 
 async fn take_update(
@@ -301,12 +349,22 @@ async fn take_update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
     };
     let arrived_us = epoch_us();
-    let text = |p: &str| body.pointer(p).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let text = |p: &str| {
+        body.pointer(p)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
     let (device_id, press_id) = (text("/device/id"), text("/press/id"));
     let r = Received {
         backend,
@@ -323,10 +381,20 @@ async fn take_update(
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn take(
+    State(m): State<MockBackends>,
+    Path(backend): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let arrived_us = epoch_us();
     let arrived_ms = arrived_us / 1000;
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let Some(key) = header("idempotency-key") else {
         return (StatusCode::BAD_REQUEST, "missing Idempotency-Key").into_response();
     };
@@ -337,7 +405,8 @@ async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, header
     if !m.opts.latency.is_zero() {
         tokio::time::sleep(m.opts.latency).await;
     }
-    let random_fail = m.opts.fail_rate > 0.0 && rand::thread_rng().gen_bool(m.opts.fail_rate.min(1.0));
+    let random_fail =
+        m.opts.fail_rate > 0.0 && rand::thread_rng().gen_bool(m.opts.fail_rate.min(1.0));
     // Decide, and record, under the lock; sleep outside it.
     let (status, delay, reference) = {
         let mut inner = m.inner.lock().expect("lock");
@@ -347,7 +416,11 @@ async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, header
             .and_then(VecDeque::pop_front)
             .or_else(|| inner.standing.get(&backend).cloned())
             .unwrap_or(Behaviour::Accept);
-        let behaviour = if random_fail { Behaviour::Status(503, None) } else { behaviour };
+        let behaviour = if random_fail {
+            Behaviour::Status(503, None)
+        } else {
+            behaviour
+        };
         let seen = inner.keys.contains(&(backend.clone(), key.clone()));
         let (status, delay, retry_after) = match behaviour {
             Behaviour::Status(s, ra) => (s, Duration::ZERO, ra),
@@ -358,7 +431,13 @@ async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, header
         };
         inner.attempts += 1;
         if m.opts.keep_bodies {
-            inner.hits.push(Hit { backend: backend.clone(), key: key.clone(), attempt, arrived_ms, status });
+            inner.hits.push(Hit {
+                backend: backend.clone(),
+                key: key.clone(),
+                attempt,
+                arrived_ms,
+                status,
+            });
         }
         if status == 409 {
             inner.duplicates += 1;
@@ -368,7 +447,12 @@ async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, header
             inner.keys.insert((backend.clone(), key.clone()));
             inner.counter += 1;
             reference = Some(format!("{}-{}", backend.to_uppercase(), inner.counter));
-            let text = |p: &str| body.pointer(p).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let text = |p: &str| {
+                body.pointer(p)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             let (device_id, press_id) = (text("/device/id"), text("/press/id"));
             inner.received.push(Received {
                 backend: backend.clone(),
@@ -379,7 +463,11 @@ async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, header
                 arrived_us,
                 device_id,
                 press_id,
-                body: if m.opts.keep_bodies { body } else { serde_json::Value::Null },
+                body: if m.opts.keep_bodies {
+                    body
+                } else {
+                    serde_json::Value::Null
+                },
             });
         }
         ((status, retry_after), delay, reference)
@@ -391,11 +479,16 @@ async fn take(State(m): State<MockBackends>, Path(backend): Path<String>, header
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = match reference {
         Some(r) => (code, Json(serde_json::json!({"ref": r, "eta_s": 600}))).into_response(),
-        None => (code, Json(serde_json::json!({"error": code.canonical_reason()}))).into_response(),
+        None => (
+            code,
+            Json(serde_json::json!({"error": code.canonical_reason()})),
+        )
+            .into_response(),
     };
     if let Some(secs) = retry_after {
         if let Ok(v) = secs.to_string().parse() {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
     }
     resp

@@ -43,7 +43,11 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     /// Defaults of the device contract: retransmit every 5 s, keep-alive 60 s.
-    pub fn new(device_id: impl Into<String>, secret: impl Into<String>, broker: SocketAddr) -> Self {
+    pub fn new(
+        device_id: impl Into<String>,
+        secret: impl Into<String>,
+        broker: SocketAddr,
+    ) -> Self {
         DeviceConfig {
             device_id: device_id.into(),
             secret: secret.into(),
@@ -63,22 +67,33 @@ impl DeviceConfig {
 
 /// A TLS client configuration trusting the CA certificates in PEM `ca`, presenting the client
 /// certificate chain and key in PEM `cert` and `key` when given.
-pub fn tls_client_config(ca: &[u8], client: Option<(&[u8], &[u8])>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn tls_client_config(
+    ca: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca) {
-        roots.add(c.map_err(|e| format!("CA: {e}"))?).map_err(|e| format!("CA: {e}"))?;
+        roots
+            .add(c.map_err(|e| format!("CA: {e}"))?)
+            .map_err(|e| format!("CA: {e}"))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
     let config = match client {
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>().map_err(|e| format!("client cert: {e}"))?;
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client cert: {e}"))?;
             let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| format!("client cert: {e}"))?
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client cert: {e}"))?
         }
         None => builder.with_no_client_auth(),
     };
@@ -155,7 +170,10 @@ pub enum DeviceError {
 }
 
 fn epoch_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn jittered(base: Duration) -> Duration {
@@ -167,7 +185,11 @@ impl SimDevice {
     /// Connect and wait for the broker's CONNACK (an authentication failure is an error here).
     /// The device then keeps its own connection alive in the background.
     pub async fn connect(cfg: DeviceConfig) -> Result<SimDevice, DeviceError> {
-        let mut opts = MqttOptions::new(&cfg.device_id, cfg.broker.ip().to_string(), cfg.broker.port());
+        let mut opts = MqttOptions::new(
+            &cfg.device_id,
+            cfg.broker.ip().to_string(),
+            cfg.broker.port(),
+        );
         opts.set_credentials(&cfg.device_id, &cfg.secret);
         opts.set_clean_session(false);
         opts.set_keep_alive(cfg.keep_alive);
@@ -178,7 +200,9 @@ impl SimDevice {
             true,
         ));
         if let Some(tls) = &cfg.tls {
-            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.clone()),
+            ));
         }
         let (client, mut events) = AsyncClient::new(opts, 256);
         // Small messages must not wait for Nagle + delayed ACK (~40 ms per hop).
@@ -194,13 +218,23 @@ impl SimDevice {
         let feedback_topic = topic::topic(&cfg.device_id, topic::Kind::Feedback);
         let status_topic = topic::topic(&cfg.device_id, topic::Kind::Status);
         // Always, even with a session present (see the module note); presses wait for the SUBACK.
-        client.subscribe(&feedback_topic, QoS::AtLeastOnce).await.map_err(|_| DeviceError::Stopped)?;
-        let online = serde_json::json!({"online": true, "battery": 90, "at": epoch_ms()}).to_string();
-        client.publish(&status_topic, QoS::AtLeastOnce, true, online).await.map_err(|_| DeviceError::Stopped)?;
+        client
+            .subscribe(&feedback_topic, QoS::AtLeastOnce)
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
+        let online =
+            serde_json::json!({"online": true, "battery": 90, "at": epoch_ms()}).to_string();
+        client
+            .publish(&status_topic, QoS::AtLeastOnce, true, online)
+            .await
+            .map_err(|_| DeviceError::Stopped)?;
 
         let shared = Arc::new(Shared {
             unanswered: Mutex::new(HashMap::new()),
-            stats: Mutex::new(DeviceStats { connects: 1, ..Default::default() }),
+            stats: Mutex::new(DeviceStats {
+                connects: 1,
+                ..Default::default()
+            }),
             connected: Mutex::new(true),
             ready: Mutex::new(false),
             gone: tokio::sync::Notify::new(),
@@ -208,18 +242,46 @@ impl SimDevice {
         });
         let (tx, heard) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        tokio::spawn(event_loop(events, client.clone(), shared.clone(), tx, feedback_topic, stop.clone()));
-        tokio::spawn(retransmitter(client.clone(), shared.clone(), cfg.device_id.clone(), cfg.retransmit, stop.clone()));
+        tokio::spawn(event_loop(
+            events,
+            client.clone(),
+            shared.clone(),
+            tx,
+            feedback_topic,
+            stop.clone(),
+        ));
+        tokio::spawn(retransmitter(
+            client.clone(),
+            shared.clone(),
+            cfg.device_id.clone(),
+            cfg.retransmit,
+            stop.clone(),
+        ));
         let boot = format!("{:08x}", rand::thread_rng().gen::<u32>());
-        Ok(SimDevice { id: cfg.device_id, client, heard, shared, retransmit: cfg.retransmit, counter: 0, boot, stop })
+        Ok(SimDevice {
+            id: cfg.device_id,
+            client,
+            heard,
+            shared,
+            retransmit: cfg.retransmit,
+            counter: 0,
+            boot,
+            stop,
+        })
     }
 
     /// Press a button. Returns the press id; the press is retransmitted until answered.
     pub async fn press(&mut self, button: &str, gesture: Gesture) -> Result<String, DeviceError> {
         self.counter += 1;
-        let id = format!("{}-{}-{}", self.id.chars().take(40).collect::<String>(), self.boot, self.counter);
+        let id = format!(
+            "{}-{}-{}",
+            self.id.chars().take(40).collect::<String>(),
+            self.boot,
+            self.counter
+        );
         let payload = serde_json::json!({"id": id, "button": button, "gesture": gesture, "at": epoch_ms(), "battery": 87});
-        self.press_payload(&id, serde_json::to_vec(&payload).expect("json serializes")).await?;
+        self.press_payload(&id, serde_json::to_vec(&payload).expect("json serializes"))
+            .await?;
         Ok(id)
     }
 
@@ -233,7 +295,11 @@ impl SimDevice {
             let ready = self.shared.ready.lock().expect("lock");
             self.shared.unanswered.lock().expect("lock").insert(
                 id.to_owned(),
-                Unanswered { payload: payload.clone(), next_send: Instant::now() + jittered(self.retransmit), sent: *ready },
+                Unanswered {
+                    payload: payload.clone(),
+                    next_send: Instant::now() + jittered(self.retransmit),
+                    sent: *ready,
+                },
             );
             *ready
         };
@@ -241,23 +307,39 @@ impl SimDevice {
             return Ok(());
         }
         let t = topic::topic(&self.id, topic::Kind::Press);
-        self.client.publish(t, QoS::AtLeastOnce, false, payload).await.map_err(|_| DeviceError::Stopped)
+        self.client
+            .publish(t, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|_| DeviceError::Stopped)
     }
 
     /// Publish raw bytes on one of this device's topics, without retransmission.
-    pub async fn publish_raw(&self, kind: topic::Kind, payload: Vec<u8>) -> Result<(), DeviceError> {
+    pub async fn publish_raw(
+        &self,
+        kind: topic::Kind,
+        payload: Vec<u8>,
+    ) -> Result<(), DeviceError> {
         let t = topic::topic(&self.id, kind);
-        self.client.publish(t, QoS::AtLeastOnce, false, payload).await.map_err(|_| DeviceError::Stopped)
+        self.client
+            .publish(t, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|_| DeviceError::Stopped)
     }
 
     /// Publish raw bytes on any topic (the ACL will close the connection for foreign ones).
     pub async fn publish_to(&self, topic: &str, payload: Vec<u8>) -> Result<(), DeviceError> {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.map_err(|_| DeviceError::Stopped)
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|_| DeviceError::Stopped)
     }
 
     /// Subscribe to any filter (the ACL will close the connection for foreign ones).
     pub async fn subscribe_to(&self, filter: &str) -> Result<(), DeviceError> {
-        self.client.subscribe(filter, QoS::AtLeastOnce).await.map_err(|_| DeviceError::Stopped)
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .map_err(|_| DeviceError::Stopped)
     }
 
     /// The next feedback, whatever it answers.
@@ -272,7 +354,12 @@ impl SimDevice {
     /// Wait for a feedback about press `press_id` in state `state`; returns every feedback for
     /// that press heard on the way (in order, ending with the one asked for). Feedback for other
     /// presses is discarded.
-    pub async fn wait_for(&mut self, press_id: &str, state: FeedbackState, timeout: Duration) -> Result<Vec<Heard>, DeviceError> {
+    pub async fn wait_for(
+        &mut self,
+        press_id: &str,
+        state: FeedbackState,
+        timeout: Duration,
+    ) -> Result<Vec<Heard>, DeviceError> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
@@ -281,8 +368,14 @@ impl SimDevice {
                 Ok(Some(h)) => h,
                 Ok(None) => return Err(DeviceError::Stopped),
                 Err(_) => {
-                    let states: Vec<_> = seen.iter().map(|h: &Heard| h.feedback.state.as_str()).collect();
-                    return Err(DeviceError::Timeout(timeout, format!("{state} for press {press_id} (heard {states:?})")));
+                    let states: Vec<_> = seen
+                        .iter()
+                        .map(|h: &Heard| h.feedback.state.as_str())
+                        .collect();
+                    return Err(DeviceError::Timeout(
+                        timeout,
+                        format!("{state} for press {press_id} (heard {states:?})"),
+                    ));
                 }
             };
             if h.feedback.press.as_deref() == Some(press_id) {
@@ -314,7 +407,10 @@ impl SimDevice {
     /// `false` when it stayed up for `timeout`.
     pub async fn wait_disconnected(&self, timeout: Duration) -> bool {
         let mut rx = self.shared.losses.subscribe();
-        let closed = matches!(tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0)).await, Ok(Ok(_)));
+        let closed = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|n| *n > 0)).await,
+            Ok(Ok(_))
+        );
         closed
     }
 
@@ -325,7 +421,10 @@ impl SimDevice {
     pub async fn disconnect(self) {
         let status = topic::topic(&self.id, topic::Kind::Status);
         let bye = serde_json::json!({"online": false, "at": epoch_ms()}).to_string();
-        let _ = self.client.publish(status, QoS::AtLeastOnce, true, bye).await;
+        let _ = self
+            .client
+            .publish(status, QoS::AtLeastOnce, true, bye)
+            .await;
         if self.client.disconnect().await.is_ok() {
             // Wait (briefly) for the event loop to send both before stopping it.
             let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.gone.notified()).await;
@@ -361,7 +460,10 @@ async fn event_loop(
                     if let Some(id) = &f.press {
                         shared.unanswered.lock().expect("lock").remove(id);
                     }
-                    let _ = tx.send(Heard { feedback: f, at: Instant::now() });
+                    let _ = tx.send(Heard {
+                        feedback: f,
+                        at: Instant::now(),
+                    });
                 }
             }
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -372,7 +474,9 @@ async fn event_loop(
                 // send presses only once the SUBACK says the subscription exists.
                 let _ = client.try_subscribe(&feedback_topic, QoS::AtLeastOnce);
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => send_unanswered(&client, &shared, &press_topic),
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                send_unanswered(&client, &shared, &press_topic)
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 shared.gone.notify_one();
                 return;
@@ -385,7 +489,9 @@ async fn event_loop(
                 shared.losses.send_modify(|n| *n += 1);
                 failures = failures.saturating_add(1);
                 // Jittered exponential reconnect backoff: 0.25 s doubling to 30 s.
-                let base = Duration::from_millis(250).saturating_mul(1 << failures.min(7)).min(Duration::from_secs(30));
+                let base = Duration::from_millis(250)
+                    .saturating_mul(1 << failures.min(7))
+                    .min(Duration::from_secs(30));
                 let wait = base / 2 + base.mul_f64(rand::thread_rng().gen_range(0.0..0.5));
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -417,7 +523,13 @@ fn send_unanswered(client: &AsyncClient, shared: &Shared, press_topic: &str) {
     drop(ready);
 }
 
-async fn retransmitter(client: AsyncClient, shared: Arc<Shared>, device_id: String, every: Duration, stop: CancellationToken) {
+async fn retransmitter(
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    device_id: String,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let press_topic = topic::topic(&device_id, topic::Kind::Press);
     let tick = (every / 5).max(Duration::from_millis(50));
     loop {
@@ -443,7 +555,9 @@ async fn retransmitter(client: AsyncClient, shared: Arc<Shared>, device_id: Stri
         };
         for payload in due {
             shared.stats.lock().expect("lock").retransmits += 1;
-            let _ = client.publish(&press_topic, QoS::AtLeastOnce, false, payload).await;
+            let _ = client
+                .publish(&press_topic, QoS::AtLeastOnce, false, payload)
+                .await;
         }
     }
 }

@@ -4,10 +4,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 use yijian_device_sim::load::fleet::Credential;
 use yijian_device_sim::load::tracker::Mix;
 use yijian_device_sim::load::RunOptions;
-use std::time::Duration;
 use yijian_device_sim::{DeviceConfig, MockBackends, MockOptions, SimDevice};
 use yijian_wire::{FeedbackState, Gesture};
 
@@ -153,7 +153,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -168,7 +170,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn read_credentials(path: &std::path::Path) -> Result<Vec<Credential>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_credentials(&text).with_context(|| format!("in {}", path.display()))
 }
 
@@ -176,7 +179,10 @@ fn parse_credentials(text: &str) -> Result<Vec<Credential>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str::<Credential>(l).with_context(|| format!("line {}: not a credential", i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str::<Credential>(l)
+                .with_context(|| format!("line {}: not a credential", i + 1))
+        })
         .collect()
 }
 
@@ -196,13 +202,33 @@ fn provision(a: &RunArgs) -> Result<Vec<Credential>> {
     if let Some(d) = &a.gateway_data_dir {
         cmd.arg("--data-dir").arg(d);
     }
-    cmd.args(["devices", "add-many", "--prefix", &prefix, "--count", &a.devices.to_string(), "--profile", "three-button"]);
-    let out = cmd.output().with_context(|| format!("cannot run {}", bin.display()))?;
+    cmd.args([
+        "devices",
+        "add-many",
+        "--prefix",
+        &prefix,
+        "--count",
+        &a.devices.to_string(),
+        "--profile",
+        "three-button",
+    ]);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
     if !out.status.success() {
-        bail!("provisioning failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "provisioning failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let creds = parse_credentials(&String::from_utf8_lossy(&out.stdout))?;
-    eprintln!("provisioned {} devices ({}1 … {}{})", creds.len(), prefix, prefix, creds.len());
+    eprintln!(
+        "provisioned {} devices ({}1 … {}{})",
+        creds.len(),
+        prefix,
+        prefix,
+        creds.len()
+    );
     Ok(creds)
 }
 
@@ -247,10 +273,17 @@ async fn run(a: RunArgs) -> Result<bool> {
         None => provision(&a)?,
     };
     if creds.len() < a.devices {
-        bail!("{} devices asked for, {} credentials available", a.devices, creds.len());
+        bail!(
+            "{} devices asked for, {} credentials available",
+            a.devices,
+            creds.len()
+        );
     }
     if let Some(p) = &a.save_credentials {
-        let text: String = creds.iter().map(|c| serde_json::to_string(c).expect("serializes") + "\n").collect();
+        let text: String = creds
+            .iter()
+            .map(|c| serde_json::to_string(c).expect("serializes") + "\n")
+            .collect();
         std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
     }
     let opts = RunOptions {
@@ -272,7 +305,8 @@ async fn run(a: RunArgs) -> Result<bool> {
     let report = yijian_device_sim::load::run(opts, creds).await?;
     println!("{report}");
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&report)?).with_context(|| format!("cannot write {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(report.ok())
 }
@@ -294,14 +328,19 @@ struct TlsArgs {
 impl TlsArgs {
     fn config(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
         let Some(ca) = &self.ca else { return Ok(None) };
-        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        };
         let ca = read(ca)?;
         let client = match (&self.cert, &self.key) {
             (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
             _ => None,
         };
-        let cfg = yijian_device_sim::tls_client_config(&ca, client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())))
-            .map_err(anyhow::Error::msg)?;
+        let cfg = yijian_device_sim::tls_client_config(
+            &ca,
+            client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(Some(cfg))
     }
 }
@@ -316,7 +355,11 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
 fn final_state(s: FeedbackState) -> bool {
     matches!(
         s,
-        FeedbackState::Dispatched | FeedbackState::Escalated | FeedbackState::Rejected | FeedbackState::Cancelled | FeedbackState::Closed
+        FeedbackState::Dispatched
+            | FeedbackState::Escalated
+            | FeedbackState::Rejected
+            | FeedbackState::Cancelled
+            | FeedbackState::Closed
     )
 }
 
@@ -329,7 +372,16 @@ fn median(v: &mut [f64]) -> Option<f64> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn press(device: String, secret: String, button: String, gesture: String, broker: String, repeat: u32, wait: u64, tls: TlsArgs) -> Result<()> {
+async fn press(
+    device: String,
+    secret: String,
+    button: String,
+    gesture: String,
+    broker: String,
+    repeat: u32,
+    wait: u64,
+    tls: TlsArgs,
+) -> Result<()> {
     let gesture: Gesture = gesture.parse().map_err(anyhow::Error::msg)?;
     let broker = resolve(&broker)?;
     let mut cfg = DeviceConfig::new(&device, &secret, broker);
@@ -400,8 +452,17 @@ async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()
     if !(0.0..=1.0).contains(&fail_rate) {
         bail!("--fail-rate must be between 0 and 1");
     }
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let m = MockBackends::start(listener, MockOptions { latency: Duration::from_millis(latency), fail_rate, keep_bodies: false })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let m = MockBackends::start(
+        listener,
+        MockOptions {
+            latency: Duration::from_millis(latency),
+            fail_rate,
+            keep_bodies: false,
+        },
+    )?;
     println!("mock backends on http://{} — POST /rescue, /taxi, /hospital (any name works); GET /received", m.addr);
     let mut shown = 0;
     loop {
@@ -411,11 +472,18 @@ async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()
         }
         let r = m.received();
         for x in &r[shown..] {
-            println!("{} {} request={} device={} press={} attempt={:?}", x.arrived_ms, x.backend, x.key, x.device_id, x.press_id, x.attempt);
+            println!(
+                "{} {} request={} device={} press={} attempt={:?}",
+                x.arrived_ms, x.backend, x.key, x.device_id, x.press_id, x.attempt
+            );
         }
         shown = r.len();
     }
-    println!("received {} requests, {} repeated keys answered 409", shown, m.duplicates());
+    println!(
+        "received {} requests, {} repeated keys answered 409",
+        shown,
+        m.duplicates()
+    );
     Ok(())
 }
 
@@ -423,10 +491,21 @@ async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()
 async fn main() {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Press { device, secret, button, gesture, broker, repeat, wait, tls } => {
-            press(device, secret, button, gesture, broker, repeat, wait, tls).await
-        }
-        Command::Backends { listen, latency, fail_rate } => backends(listen, latency, fail_rate).await,
+        Command::Press {
+            device,
+            secret,
+            button,
+            gesture,
+            broker,
+            repeat,
+            wait,
+            tls,
+        } => press(device, secret, button, gesture, broker, repeat, wait, tls).await,
+        Command::Backends {
+            listen,
+            latency,
+            fail_rate,
+        } => backends(listen, latency, fail_rate).await,
         Command::Run(a) => match run(*a).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(2),

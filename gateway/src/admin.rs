@@ -47,7 +47,8 @@ pub(crate) fn open_existing(cfg: &Config) -> Result<rusqlite::Connection, AdminE
 fn profile_problem(p: &str) -> Option<&'static str> {
     let ok = !p.is_empty()
         && p.len() <= 64
-        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     (!ok).then_some("profile must be 1-64 characters of a-z, 0-9, '-' and '_'")
 }
 
@@ -70,22 +71,44 @@ pub fn devices_add(
     }
     if let Some(r) = resident {
         if r.is_empty() || r.len() > 64 || r.chars().any(char::is_control) {
-            return Err(AdminError("resident id must be 1-64 printable characters".into()));
+            return Err(AdminError(
+                "resident id must be 1-64 printable characters".into(),
+            ));
         }
     }
     let conn = store::open_rw(&cfg.db_path())?;
     let secret = devices::new_secret();
-    store::read::add_device(&conn, device_id, &devices::digest(&secret), profile, resident, now_ms())?;
+    store::read::add_device(
+        &conn,
+        device_id,
+        &devices::digest(&secret),
+        profile,
+        resident,
+        now_ms(),
+    )?;
     let unknown_resident = match resident {
         Some(r) => crate::residents::load(&conn, r)?.is_none(),
         None => false,
     };
     if json {
-        writeln!(out, "{}", serde_json::json!({"device_id": device_id, "secret": secret, "profile": profile, "resident_id": resident}))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"device_id": device_id, "secret": secret, "profile": profile, "resident_id": resident})
+        )?;
     } else {
-        writeln!(out, "registered device {device_id} (profile {profile}{})", resident.map(|r| format!(", resident {r}")).unwrap_or_default())?;
+        writeln!(
+            out,
+            "registered device {device_id} (profile {profile}{})",
+            resident
+                .map(|r| format!(", resident {r}"))
+                .unwrap_or_default()
+        )?;
         writeln!(out, "secret: {secret}")?;
-        writeln!(out, "The secret is shown only this once; it is stored as a SHA-256 digest.")?;
+        writeln!(
+            out,
+            "The secret is shown only this once; it is stored as a SHA-256 digest."
+        )?;
         writeln!(out, "The device connects with client id and username {device_id} and this secret as password.")?;
         if let (true, Some(r)) = (unknown_resident, resident) {
             writeln!(out, "Note: resident {r} is not on record yet; until it is imported (residents import FILE) presses are dispatched as resident_unknown.")?;
@@ -110,7 +133,9 @@ pub fn devices_add_many(
     }
     let last = format!("{prefix}{count}");
     if let Some(p) = topic::device_id_problem(&last) {
-        return Err(AdminError(format!("prefix gives invalid ids ({last}): {p}")));
+        return Err(AdminError(format!(
+            "prefix gives invalid ids ({last}): {p}"
+        )));
     }
     let mut conn = store::open_rw(&cfg.db_path())?;
     let tx = conn.transaction().map_err(StoreError::from)?;
@@ -137,10 +162,18 @@ pub fn devices_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(),
         return Ok(());
     }
     if list.is_empty() {
-        writeln!(out, "no devices registered in {} (add one with `yijian-gateway devices add ID`)", cfg.db_path().display())?;
+        writeln!(
+            out,
+            "no devices registered in {} (add one with `yijian-gateway devices add ID`)",
+            cfg.db_path().display()
+        )?;
         return Ok(());
     }
-    writeln!(out, "{:<24} {:<14} {:<12} {:<8} {:<24} REGISTERED", "DEVICE", "PROFILE", "RESIDENT", "ONLINE", "LAST SEEN")?;
+    writeln!(
+        out,
+        "{:<24} {:<14} {:<12} {:<8} {:<24} REGISTERED",
+        "DEVICE", "PROFILE", "RESIDENT", "ONLINE", "LAST SEEN"
+    )?;
     for d in list {
         let online = match (d.revoked_at, d.online) {
             (Some(_), _) => "revoked",
@@ -175,13 +208,21 @@ pub fn rules_check(dir: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
                 dir.display(),
                 loaded.set.len(),
                 loaded.set.files().len(),
-                if loaded.warnings.is_empty() { String::new() } else { format!(", {} warning(s)", loaded.warnings.len()) }
+                if loaded.warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warning(s)", loaded.warnings.len())
+                }
             )?;
             Ok(())
         }
         Err(e) => {
             writeln!(out, "{e}")?;
-            Err(AdminError(format!("{}: {} error(s)", dir.display(), e.errors.len())))
+            Err(AdminError(format!(
+                "{}: {} error(s)",
+                dir.display(),
+                e.errors.len()
+            )))
         }
     }
 }
@@ -190,12 +231,33 @@ pub fn rules_check(dir: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
 pub fn config_check(path: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
     let cfg = Config::load(path).map_err(|e| AdminError(e.to_string()))?;
     writeln!(out, "{}: valid", path.display())?;
-    let zone = if cfg.rules.time_zone.is_empty() { "none (local time unknown without a resident's own)" } else { &cfg.rules.time_zone };
-    writeln!(out, "  rules: default time zone {zone}, cancel window {} s", cfg.rules.cancel_window_s)?;
-    writeln!(out, "  contacts notified through: {}", cfg.notify.backend.as_deref().unwrap_or("nobody ([notify] backend not set)"))?;
+    let zone = if cfg.rules.time_zone.is_empty() {
+        "none (local time unknown without a resident's own)"
+    } else {
+        &cfg.rules.time_zone
+    };
+    writeln!(
+        out,
+        "  rules: default time zone {zone}, cancel window {} s",
+        cfg.rules.cancel_window_s
+    )?;
+    writeln!(
+        out,
+        "  contacts notified through: {}",
+        cfg.notify
+            .backend
+            .as_deref()
+            .unwrap_or("nobody ([notify] backend not set)")
+    )?;
     for s in yijian_wire::Service::ALL {
         let r = cfg.route(*s);
-        writeln!(out, "  {s}: {} (attempt timeout {} ms, deadline {} s)", r.backends.join(" → "), r.attempt_timeout.as_millis(), r.deadline.as_secs())?;
+        writeln!(
+            out,
+            "  {s}: {} (attempt timeout {} ms, deadline {} s)",
+            r.backends.join(" → "),
+            r.attempt_timeout.as_millis(),
+            r.deadline.as_secs()
+        )?;
     }
     Ok(())
 }

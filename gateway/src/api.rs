@@ -68,7 +68,10 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::authorize,
+        ))
         .with_state(state)
 }
 
@@ -81,7 +84,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -112,7 +118,13 @@ async fn json_errors(resp: Response) -> Response {
         .ok()
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| parts.status.canonical_reason().unwrap_or("error").to_lowercase());
+        .unwrap_or_else(|| {
+            parts
+                .status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_lowercase()
+        });
     parts.headers.remove(axum::http::header::CONTENT_TYPE);
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     (parts, Json(json!({"error": text}))).into_response()
@@ -122,7 +134,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         // The journal being unavailable is the server's problem, said plainly.
         tracing::error!(error = %e, "API request failed in the journal");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("journal unavailable: {e}"))
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("journal unavailable: {e}"),
+        )
     }
 }
 
@@ -130,7 +145,9 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let status = match r {
             JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ref other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            ref other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, r.body_text())
@@ -141,7 +158,9 @@ async fn readyz(State(s): State<ApiState>) -> Response {
     let broker = s.ready.broker.load(Ordering::Acquire);
     let intake = s.ready.intake.load(Ordering::Acquire);
     let store = s.store.healthy();
-    let body = Json(json!({"ready": broker && intake && store, "broker": broker, "intake": intake, "store": store}));
+    let body = Json(
+        json!({"ready": broker && intake && store, "broker": broker, "intake": intake, "store": store}),
+    );
     if broker && intake && store {
         (StatusCode::OK, body).into_response()
     } else {
@@ -151,14 +170,20 @@ async fn readyz(State(s): State<ApiState>) -> Response {
 
 async fn metrics(State(s): State<ApiState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()
 }
 
 fn parse_filter(q: &HashMap<String, String>) -> Result<ListFilter, ApiError> {
-    let mut f = ListFilter { limit: 50, ..Default::default() };
+    let mut f = ListFilter {
+        limit: 50,
+        ..Default::default()
+    };
     for (k, v) in q {
         match k.as_str() {
             "state" => f.state = Some(v.parse::<RequestState>().map_err(ApiError::bad)?),
@@ -192,23 +217,40 @@ async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
     let filter = parse_filter(&q)?;
-    let requests = s.store.read(move |c| store::read::list_requests(c, &filter)).await?;
+    let requests = s
+        .store
+        .read(move |c| store::read::list_requests(c, &filter))
+        .await?;
     Ok(Json(json!({"requests": requests})))
 }
 
 async fn view(s: &ApiState, id: String) -> Result<Json<serde_json::Value>, ApiError> {
     let shown = id.clone();
-    match s.store.read(move |c| store::read::get_request(c, &id)).await? {
+    match s
+        .store
+        .read(move |c| store::read::get_request(c, &id))
+        .await?
+    {
         Some(v) => Ok(Json(serde_json::to_value(v).expect("views serialize"))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no request {shown}"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no request {shown}"),
+        )),
     }
 }
 
-async fn detail(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn detail(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     view(&s, id).await
 }
 
-async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Json<serde_json::Value>, ApiError> {
+async fn operator(
+    s: ApiState,
+    id: String,
+    action: OperatorAction,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let name = match action {
         OperatorAction::Ack => "ack",
         OperatorAction::Close => "close",
@@ -216,10 +258,14 @@ async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Jso
     };
     let at = now_ms();
     match s.store.operator(&id, action, at).await {
-        Ok(Transition::Applied { notice, created_at, .. }) => {
+        Ok(Transition::Applied {
+            notice, created_at, ..
+        }) => {
             telemetry::operator_action(name, "ok");
             match action {
-                OperatorAction::Ack => telemetry::operator_answer((at - created_at).max(0) as f64 / 1000.0),
+                OperatorAction::Ack => {
+                    telemetry::operator_answer((at - created_at).max(0) as f64 / 1000.0)
+                }
                 OperatorAction::Close | OperatorAction::Cancel => s.feedback.notify(&notice).await,
             }
             tracing::info!(request_id = %id, device_id = %notice.device_id, press_id = %notice.press_id, action = name, "operator action");
@@ -227,14 +273,21 @@ async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Jso
         }
         Ok(Transition::NotFound) => {
             telemetry::operator_action(name, "not_found");
-            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no request {id}")))
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no request {id}"),
+            ))
         }
         Ok(Transition::Forbidden) => Err(ApiError::new(StatusCode::FORBIDDEN, "not allowed")),
         Ok(Transition::Conflict(state)) => {
             telemetry::operator_action(name, "conflict");
             let why = match action {
-                OperatorAction::Ack => format!("only an escalated request can be acknowledged; this one is {state}"),
-                OperatorAction::Close | OperatorAction::Cancel => format!("request is already {state}"),
+                OperatorAction::Ack => {
+                    format!("only an escalated request can be acknowledged; this one is {state}")
+                }
+                OperatorAction::Close | OperatorAction::Cancel => {
+                    format!("request is already {state}")
+                }
             };
             Err(ApiError::new(StatusCode::CONFLICT, why))
         }
@@ -245,17 +298,26 @@ async fn operator(s: ApiState, id: String, action: OperatorAction) -> Result<Jso
     }
 }
 
-async fn ack(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn ack(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     operator(s, id, OperatorAction::Ack).await
 }
 
-async fn close(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn close(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     operator(s, id, OperatorAction::Close).await
 }
 
 /// An operator cancels a request (e.g. after confirming by phone a resident's cancel press on
 /// a rescue already on its way); the backend that accepted it is told.
-async fn cancel(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn cancel(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     operator(s, id, OperatorAction::Cancel).await
 }
 
@@ -281,16 +343,28 @@ async fn events(
         telemetry::callback("bad_request");
         ApiError::bad("state must be one of en_route|arrived|closed|cancelled")
     })?;
-    if !matches!(state, RequestState::EnRoute | RequestState::Arrived | RequestState::Closed | RequestState::Cancelled) {
+    if !matches!(
+        state,
+        RequestState::EnRoute
+            | RequestState::Arrived
+            | RequestState::Closed
+            | RequestState::Cancelled
+    ) {
         telemetry::callback("bad_request");
-        return Err(ApiError::bad("state must be one of en_route|arrived|closed|cancelled"));
+        return Err(ApiError::bad(
+            "state must be one of en_route|arrived|closed|cancelled",
+        ));
     }
     if body.reference.as_ref().is_some_and(|r| r.len() > 128) {
         telemetry::callback("bad_request");
         return Err(ApiError::bad("ref must be at most 128 characters"));
     }
     let backend = caller.backend.as_deref().map(str::to_owned);
-    match s.store.callback(&id, backend, state, body.eta_s, body.reference, now_ms()).await? {
+    match s
+        .store
+        .callback(&id, backend, state, body.eta_s, body.reference, now_ms())
+        .await?
+    {
         Transition::Applied { notice, .. } => {
             telemetry::callback("ok");
             tracing::info!(request_id = %id, device_id = %notice.device_id, press_id = %notice.press_id, %state, "backend callback");
@@ -299,16 +373,28 @@ async fn events(
         }
         Transition::NotFound => {
             telemetry::callback("not_found");
-            Err(ApiError::new(StatusCode::NOT_FOUND, format!("no request {id}")))
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no request {id}"),
+            ))
         }
         Transition::Forbidden => {
             telemetry::callback("forbidden");
             tracing::warn!(request_id = %id, caller = %caller.name, "callback for a request dispatched to another backend");
-            Err(ApiError::new(StatusCode::FORBIDDEN, format!("request {id} was not dispatched to backend {}", caller.backend.as_deref().unwrap_or("?"))))
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "request {id} was not dispatched to backend {}",
+                    caller.backend.as_deref().unwrap_or("?")
+                ),
+            ))
         }
         Transition::Conflict(cur) => {
             telemetry::callback("conflict");
-            Err(ApiError::new(StatusCode::CONFLICT, format!("request is {cur}; it cannot become {state}")))
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("request is {cur}; it cannot become {state}"),
+            ))
         }
     }
 }

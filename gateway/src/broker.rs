@@ -14,8 +14,8 @@ pub mod sessions;
 pub mod tls;
 
 use crate::config::MqttConfig;
-use crate::flood::{FloodConfig, TokenBucket};
 use crate::devices::{self, Directory};
+use crate::flood::{FloodConfig, TokenBucket};
 use crate::telemetry;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Error as ProtocolError, Packet, Protocol};
@@ -23,9 +23,9 @@ use rumqttd::{ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
-use std::thread::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use yijian_wire::topic;
 
@@ -94,14 +94,30 @@ impl Accounts {
     }
 
     fn is_gateway_secret(&self, password: &str) -> bool {
-        password.as_bytes().ct_eq(self.gateway_secret.as_bytes()).into()
+        password
+            .as_bytes()
+            .ct_eq(self.gateway_secret.as_bytes())
+            .into()
     }
 
     /// Decide one CONNECT on `listener`. Returns the result label counted in
     /// `yijian_mqtt_auth_total` (`accepted` and `evict` admit).
-    pub fn check(&self, listener: Listener, client_id: &str, username: &str, password: &str) -> &'static str {
-        if username == evict::EVICT_USER && listener == Listener::Plain && topic::is_valid_device_id(client_id) {
-            return if self.is_gateway_secret(password) { "evict" } else { "bad_credentials" };
+    pub fn check(
+        &self,
+        listener: Listener,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> &'static str {
+        if username == evict::EVICT_USER
+            && listener == Listener::Plain
+            && topic::is_valid_device_id(client_id)
+        {
+            return if self.is_gateway_secret(password) {
+                "evict"
+            } else {
+                "bad_credentials"
+            };
         }
         if client_id != username {
             return "client_id_mismatch";
@@ -110,7 +126,11 @@ impl Accounts {
             if listener != Listener::Plain {
                 return "gateway_over_tls";
             }
-            return if self.is_gateway_secret(password) { "accepted" } else { "bad_credentials" };
+            return if self.is_gateway_secret(password) {
+                "accepted"
+            } else {
+                "bad_credentials"
+            };
         }
         if !topic::is_valid_device_id(client_id) {
             return "invalid_client_id";
@@ -197,9 +217,15 @@ impl Protocol for Acl {
         self.identity = Some(identity);
     }
 
-    fn read_mut(&mut self, stream: &mut bytes::BytesMut, max_size: usize) -> Result<Packet, ProtocolError> {
+    fn read_mut(
+        &mut self,
+        stream: &mut bytes::BytesMut,
+        max_size: usize,
+    ) -> Result<Packet, ProtocolError> {
         let packet = self.inner.read_mut(stream, max_size)?;
-        if let (false, Some(connected_at), Some(id)) = (self.exempt, self.connected_at, self.client_id.as_deref()) {
+        if let (false, Some(connected_at), Some(id)) =
+            (self.exempt, self.connected_at, self.client_id.as_deref())
+        {
             let now = Instant::now();
             if self.bucket.as_mut().is_some_and(|b| !b.take(now)) {
                 crate::telemetry::security::flood_disconnect(id);
@@ -219,14 +245,19 @@ impl Protocol for Acl {
                 }
                 self.client_id = Some(connect.client_id.clone());
                 self.connected_at = Some(Instant::now());
-                self.evictor = login.as_ref().is_some_and(|l| l.username == evict::EVICT_USER);
+                self.evictor = login
+                    .as_ref()
+                    .is_some_and(|l| l.username == evict::EVICT_USER);
                 self.exempt = is_gateway_client(&connect.client_id) && !self.evictor;
                 if !self.exempt {
                     self.bucket = Some(self.flood.bucket(Instant::now()));
                 }
                 // An evictor takes a device's client id on purpose ([`evict`]): not a duplicate.
                 if !self.exempt && !self.evictor {
-                    self.session = Some(Arc::new(sessions::Session::new(self.open.clone(), connect.client_id.clone())));
+                    self.session = Some(Arc::new(sessions::Session::new(
+                        self.open.clone(),
+                        connect.client_id.clone(),
+                    )));
                 }
                 // Over TLS with a verified client certificate, the certificate names the device.
                 if let Some(Some(cn)) = &self.identity {
@@ -245,7 +276,10 @@ impl Protocol for Acl {
                 return Err(self.refuse("evictor", &String::from_utf8_lossy(&p.topic)));
             }
             Packet::Subscribe(s, _) if self.evictor => {
-                return Err(self.refuse("evictor", s.filters.first().map(|f| f.path.as_str()).unwrap_or("")));
+                return Err(self.refuse(
+                    "evictor",
+                    s.filters.first().map(|f| f.path.as_str()).unwrap_or(""),
+                ));
             }
             Packet::Publish(p, _) if !self.exempt => {
                 let t = String::from_utf8_lossy(&p.topic);
@@ -257,7 +291,11 @@ impl Protocol for Acl {
             }
             Packet::Subscribe(s, _) if !self.exempt => {
                 let own = self.own(topic::Kind::Feedback);
-                if let Some(f) = s.filters.iter().find(|f| Some(f.path.as_str()) != own.as_deref()) {
+                if let Some(f) = s
+                    .filters
+                    .iter()
+                    .find(|f| Some(f.path.as_str()) != own.as_deref())
+                {
                     return Err(self.refuse("subscribe_topic", &f.path));
                 }
             }
@@ -277,7 +315,10 @@ impl Protocol for Acl {
 }
 
 fn segment(size: usize, count: usize) -> SegmentConfig {
-    SegmentConfig { max_segment_size: size, max_segment_count: count }
+    SegmentConfig {
+        max_segment_size: size,
+        max_segment_count: count,
+    }
 }
 
 /// Start the broker: rumqttd's router thread, and its listeners (the plain one, and the TLS one
@@ -365,27 +406,32 @@ pub fn start(
         };
         servers.push(rumqttd::Server::new(settings, router_tx, acl).with_handshake(handshake));
     }
-    std::thread::Builder::new().name("yijian-mqtt".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the MQTT listener's runtime");
-                return;
-            }
-        };
-        rt.block_on(async move {
-            for mut server in servers {
-                tokio::spawn(async move {
-                    if let Err(e) = server.start(rumqttd::LinkType::Remote).await {
-                        tracing::error!(error = %e, "MQTT listener stopped");
-                    }
-                });
-            }
-            stop.cancelled().await;
-        });
-        // Dropping the runtime ends every connection task: devices see the broker go away.
-        rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    })
+    std::thread::Builder::new()
+        .name("yijian-mqtt".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the MQTT listener's runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                for mut server in servers {
+                    tokio::spawn(async move {
+                        if let Err(e) = server.start(rumqttd::LinkType::Remote).await {
+                            tracing::error!(error = %e, "MQTT listener stopped");
+                        }
+                    });
+                }
+                stop.cancelled().await;
+            });
+            // Dropping the runtime ends every connection task: devices see the broker go away.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        })
 }
 
 /// One of the gateway's own connections to the embedded broker: persistent session, manual
@@ -398,7 +444,11 @@ pub fn gateway_client(
     secret: &str,
     capacity: usize,
 ) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
-    let host = if cfg.listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { cfg.listen.ip().to_string() };
+    let host = if cfg.listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        cfg.listen.ip().to_string()
+    };
     let mut o = rumqttc::MqttOptions::new(client_id, host, cfg.listen.port());
     o.set_credentials(client_id, secret);
     o.set_clean_session(false);

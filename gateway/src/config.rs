@@ -200,7 +200,9 @@ fn default_grace_ms() -> u64 {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { grace_ms: default_grace_ms() }
+        ShutdownConfig {
+            grace_ms: default_grace_ms(),
+        }
     }
 }
 
@@ -291,13 +293,19 @@ impl Default for MqttConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_http_listen(), public_url: None }
+        HttpConfig {
+            listen: default_http_listen(),
+            public_url: None,
+        }
     }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { data_dir: default_data_dir(), max_batch: default_max_batch() }
+        StoreConfig {
+            data_dir: default_data_dir(),
+            max_batch: default_max_batch(),
+        }
     }
 }
 
@@ -367,7 +375,10 @@ impl Config {
         if problems.is_empty() {
             Ok(cfg)
         } else {
-            Err(ConfigError { source_name: source_name.map(str::to_owned), problems })
+            Err(ConfigError {
+                source_name: source_name.map(str::to_owned),
+                problems,
+            })
         }
     }
 
@@ -383,12 +394,14 @@ impl Config {
     /// Every service gets a route: the built-in desk for those not configured.
     fn fill_services(&mut self) {
         for s in Service::ALL {
-            self.services.entry(s.as_str().to_owned()).or_insert_with(|| ServiceConfig {
-                backends: vec![DESK.to_owned()],
-                attempt_timeout_ms: None,
-                deadline_s: None,
-                notify_contacts: None,
-            });
+            self.services
+                .entry(s.as_str().to_owned())
+                .or_insert_with(|| ServiceConfig {
+                    backends: vec![DESK.to_owned()],
+                    attempt_timeout_ms: None,
+                    deadline_s: None,
+                    notify_contacts: None,
+                });
         }
     }
 
@@ -397,21 +410,30 @@ impl Config {
         let mut p = Vec::new();
         for (name, svc) in &self.services {
             if name.parse::<Service>().is_err() {
-                p.push(format!("[services.{name}]: unknown service (expected one of {})", Service::choices()));
+                p.push(format!(
+                    "[services.{name}]: unknown service (expected one of {})",
+                    Service::choices()
+                ));
             }
             if svc.backends.is_empty() {
                 p.push(format!("[services.{name}]: backends must name at least one backend (\"desk\" is the operator queue)"));
             }
             for b in &svc.backends {
                 if b != DESK && !self.backends.contains_key(b) {
-                    p.push(format!("[services.{name}]: backend \"{b}\" is not defined under [backends.{b}]"));
+                    p.push(format!(
+                        "[services.{name}]: backend \"{b}\" is not defined under [backends.{b}]"
+                    ));
                 }
             }
             if svc.attempt_timeout_ms == Some(0) {
-                p.push(format!("[services.{name}]: attempt_timeout_ms must be greater than 0"));
+                p.push(format!(
+                    "[services.{name}]: attempt_timeout_ms must be greater than 0"
+                ));
             }
             if svc.deadline_s == Some(0) {
-                p.push(format!("[services.{name}]: deadline_s must be greater than 0"));
+                p.push(format!(
+                    "[services.{name}]: deadline_s must be greater than 0"
+                ));
             }
         }
         for (name, b) in &self.backends {
@@ -419,13 +441,21 @@ impl Config {
                 p.push("[backends.desk]: \"desk\" is the built-in operator queue and cannot be redefined".into());
             }
             if !(b.url.starts_with("http://") || b.url.starts_with("https://")) {
-                p.push(format!("[backends.{name}]: url must start with http:// or https:// (got {:?})", b.url));
+                p.push(format!(
+                    "[backends.{name}]: url must start with http:// or https:// (got {:?})",
+                    b.url
+                ));
             } else if reqwest::Url::parse(&b.url).is_err() {
-                p.push(format!("[backends.{name}]: url {:?} is not a valid URL", b.url));
+                p.push(format!(
+                    "[backends.{name}]: url {:?} is not a valid URL",
+                    b.url
+                ));
             }
             if let Some(var) = &b.token_env {
                 if var.is_empty() {
-                    p.push(format!("[backends.{name}]: token_env must name an environment variable"));
+                    p.push(format!(
+                        "[backends.{name}]: token_env must name an environment variable"
+                    ));
                 }
             }
         }
@@ -450,7 +480,9 @@ impl Config {
         if self.mqtt.max_payload_size < 1024 {
             p.push("[mqtt]: max_payload_size must be at least 1024 bytes".into());
         }
-        if !self.rules.time_zone.is_empty() && jiff::tz::TimeZone::get(&self.rules.time_zone).is_err() {
+        if !self.rules.time_zone.is_empty()
+            && jiff::tz::TimeZone::get(&self.rules.time_zone).is_err()
+        {
             p.push(format!(
                 "[rules]: time_zone {:?} is not a known IANA time zone (e.g. Asia/Shanghai, UTC)",
                 self.rules.time_zone
@@ -458,7 +490,9 @@ impl Config {
         }
         if let Some(b) = &self.notify.backend {
             if b == DESK || !self.backends.contains_key(b) {
-                p.push(format!("[notify]: backend \"{b}\" is not defined under [backends.{b}]"));
+                p.push(format!(
+                    "[notify]: backend \"{b}\" is not defined under [backends.{b}]"
+                ));
             }
         }
         if let Some(url) = &self.http.public_url {
@@ -482,10 +516,16 @@ impl Config {
         let (timeout, deadline) = service_defaults(service);
         let svc = self.services.get(service.as_str());
         ServiceRoute {
-            backends: svc.map(|s| s.backends.clone()).unwrap_or_else(|| vec![DESK.to_owned()]),
-            attempt_timeout: Duration::from_millis(svc.and_then(|s| s.attempt_timeout_ms).unwrap_or(timeout)),
+            backends: svc
+                .map(|s| s.backends.clone())
+                .unwrap_or_else(|| vec![DESK.to_owned()]),
+            attempt_timeout: Duration::from_millis(
+                svc.and_then(|s| s.attempt_timeout_ms).unwrap_or(timeout),
+            ),
             deadline: Duration::from_secs(svc.and_then(|s| s.deadline_s).unwrap_or(deadline)),
-            notify_contacts: svc.and_then(|s| s.notify_contacts).unwrap_or(service == Service::Rescue),
+            notify_contacts: svc
+                .and_then(|s| s.notify_contacts)
+                .unwrap_or(service == Service::Rescue),
         }
     }
 
@@ -519,7 +559,12 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 pub(crate) fn line_col(text: &str, at: usize) -> (usize, usize) {
     let before = &text[..at.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -541,7 +586,10 @@ mod tests {
     #[test]
     fn example_config_is_valid() {
         let c = Config::parse(EXAMPLE_BACKENDS_CONFIG, Some("example")).unwrap();
-        assert_eq!(c.route(Service::Rescue).backends, vec!["rescue-centre", "rescue-standby", "desk"]);
+        assert_eq!(
+            c.route(Service::Rescue).backends,
+            vec!["rescue-centre", "rescue-standby", "desk"]
+        );
         assert_eq!(c.route(Service::Maintenance).backends, vec!["desk"]);
     }
 
@@ -572,7 +620,15 @@ url = "ftp://x"
 
     #[test]
     fn unknown_key_has_a_position() {
-        let e = Config::parse("[mqtt]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", Some("c.toml")).unwrap_err();
-        assert!(e.problems[0].starts_with("3:1: unknown field `lisen`"), "{}", e.problems[0]);
+        let e = Config::parse(
+            "[mqtt]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
+            Some("c.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.problems[0].starts_with("3:1: unknown field `lisen`"),
+            "{}",
+            e.problems[0]
+        );
     }
 }

@@ -42,7 +42,10 @@ pub struct DeviceInfo {
 
 impl From<&DeviceRecord> for DeviceInfo {
     fn from(r: &DeviceRecord) -> Self {
-        DeviceInfo { profile: r.profile.as_str().into(), resident_id: r.resident_id.as_deref().map(Into::into) }
+        DeviceInfo {
+            profile: r.profile.as_str().into(),
+            resident_id: r.resident_id.as_deref().map(Into::into),
+        }
     }
 }
 
@@ -58,7 +61,10 @@ pub struct Directory {
 impl Directory {
     /// A directory over the journal.
     pub fn new(store: Store) -> Self {
-        Directory { store, cache: Arc::new(RwLock::new(HashMap::new())) }
+        Directory {
+            store,
+            cache: Arc::new(RwLock::new(HashMap::new())),
+        }
     }
 
     /// The journal row for `device_id`, refreshing the cache. `None` when not registered
@@ -66,7 +72,10 @@ impl Directory {
     pub fn load(&self, device_id: &str) -> Result<Option<DeviceRecord>, store::StoreError> {
         let id = device_id.to_owned();
         let rec = self.store.read_now(move |c| store::read::device(c, &id))?;
-        let mut cache = self.cache.write().expect("directory lock is never poisoned");
+        let mut cache = self
+            .cache
+            .write()
+            .expect("directory lock is never poisoned");
         match &rec {
             Some(r) if r.revoked_at.is_none() => {
                 cache.insert(device_id.to_owned(), DeviceInfo::from(r));
@@ -80,12 +89,20 @@ impl Directory {
 
     /// Forget every cached device (a binding changed in the journal).
     pub fn clear(&self) {
-        self.cache.write().expect("directory lock is never poisoned").clear();
+        self.cache
+            .write()
+            .expect("directory lock is never poisoned")
+            .clear();
     }
 
     /// What intake needs about `device_id`: from the cache, else the journal.
     pub fn info(&self, device_id: &str) -> Option<DeviceInfo> {
-        if let Some(i) = self.cache.read().expect("directory lock is never poisoned").get(device_id) {
+        if let Some(i) = self
+            .cache
+            .read()
+            .expect("directory lock is never poisoned")
+            .get(device_id)
+        {
             return Some(i.clone());
         }
         match self.load(device_id) {

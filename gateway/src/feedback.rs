@@ -25,7 +25,8 @@ impl FeedbackSender {
         secret: &str,
         shutdown: CancellationToken,
     ) -> Result<FeedbackSender, rumqttc::ConnectionError> {
-        let (client, mut events) = broker::gateway_client(cfg, broker::GATEWAY_FEEDBACK_CLIENT, secret, 4096);
+        let (client, mut events) =
+            broker::gateway_client(cfg, broker::GATEWAY_FEEDBACK_CLIENT, secret, 4096);
         wait_connack(&mut events).await?;
         tokio::spawn(async move {
             loop {
@@ -45,7 +46,11 @@ impl FeedbackSender {
     /// Tell `device_id` about its press.
     pub async fn send(&self, device_id: &str, feedback: &Feedback) {
         let t = topic::topic(device_id, topic::Kind::Feedback);
-        match self.client.publish(t, QoS::AtLeastOnce, false, feedback.to_json()).await {
+        match self
+            .client
+            .publish(t, QoS::AtLeastOnce, false, feedback.to_json())
+            .await
+        {
             Ok(()) => telemetry::feedback_sent(feedback.state),
             Err(e) => telemetry::feedback_failed(feedback.state, device_id, &e),
         }
@@ -53,12 +58,15 @@ impl FeedbackSender {
 
     /// Tell a device what a journal notice says, stamped now.
     pub async fn notify(&self, notice: &Notice) {
-        self.send(&notice.device_id, &notice.feedback(now_ms())).await;
+        self.send(&notice.device_id, &notice.feedback(now_ms()))
+            .await;
     }
 }
 
 /// Poll until the first CONNACK (or the first error).
-pub(crate) async fn wait_connack(events: &mut EventLoop) -> Result<rumqttc::ConnAck, rumqttc::ConnectionError> {
+pub(crate) async fn wait_connack(
+    events: &mut EventLoop,
+) -> Result<rumqttc::ConnAck, rumqttc::ConnectionError> {
     loop {
         if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await? {
             return Ok(ack);

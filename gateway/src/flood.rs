@@ -78,7 +78,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: f64, burst: u32, now: Instant) -> Self {
-        TokenBucket { rate, burst: burst as f64, tokens: burst as f64, last: now }
+        TokenBucket {
+            rate,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: now,
+        }
     }
 
     /// Take one token at `now`; `false` when the bucket is empty.
@@ -108,7 +113,10 @@ mod tests {
             assert!(b.take(t0));
         }
         assert!(!b.take(t0), "the burst is spent");
-        assert!(!b.take(t0 + Duration::from_millis(50)), "half a token is not a token");
+        assert!(
+            !b.take(t0 + Duration::from_millis(50)),
+            "half a token is not a token"
+        );
         assert!(b.take(t0 + Duration::from_millis(120)));
         // A long pause refills only up to the burst.
         let later = t0 + Duration::from_secs(60);
@@ -135,13 +143,19 @@ mod tests {
         let cfg = FloodConfig::default();
         let t0 = Instant::now();
         let mut b = cfg.bucket(t0);
-        let sent = (0..1000).take_while(|i| b.take(t0 + Duration::from_millis(*i))).count();
+        let sent = (0..1000)
+            .take_while(|i| b.take(t0 + Duration::from_millis(*i)))
+            .count();
         assert!(sent < 80, "{sent} messages in one second passed");
     }
 
     #[test]
     fn bad_limits_are_reported() {
-        let cfg = FloodConfig { attach_window_s: 0, device_messages_per_s: 0.0, device_burst: 0 };
+        let cfg = FloodConfig {
+            attach_window_s: 0,
+            device_messages_per_s: 0.0,
+            device_burst: 0,
+        };
         assert_eq!(cfg.problems().len(), 2);
     }
 }

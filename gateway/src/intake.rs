@@ -88,7 +88,13 @@ pub async fn start_presses(
     ctx: Arc<IntakeContext>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, rumqttc::ConnectionError> {
-    let (client, mut events) = subscriber(cfg, broker::GATEWAY_PRESS_CLIENT, secret, topic::PRESS_FILTER).await?;
+    let (client, mut events) = subscriber(
+        cfg,
+        broker::GATEWAY_PRESS_CLIENT,
+        secret,
+        topic::PRESS_FILTER,
+    )
+    .await?;
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(4096);
     let queued: Queued = Arc::default();
     let responder = tokio::spawn(responder(pending_rx, ctx.clone(), queued.clone()));
@@ -116,7 +122,10 @@ pub async fn start_presses(
                     if !ack.session_present {
                         let _ = client.try_subscribe(topic::PRESS_FILTER, QoS::AtLeastOnce);
                     }
-                    tracing::info!(session_present = ack.session_present, "press intake reconnected");
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "press intake reconnected"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -156,11 +165,17 @@ async fn take_press(ctx: &IntakeContext, queued: &Queued, p: &Publish) -> Option
     let started = Instant::now();
     let Some((device_id, _)) = topic::parse(&p.topic) else {
         // The ACL makes this unreachable for devices; count it anyway.
-        telemetry::press_rejected(RejectReason::BadTopic, None, "topic outside yijian/v1/devices/{id}/press");
+        telemetry::press_rejected(
+            RejectReason::BadTopic,
+            None,
+            "topic outside yijian/v1/devices/{id}/press",
+        );
         return None;
     };
     let span = telemetry::press_span(device_id);
-    take_valid_press(ctx, queued, p, device_id.to_owned(), started, span.clone()).instrument(span).await
+    take_valid_press(ctx, queued, p, device_id.to_owned(), started, span.clone())
+        .instrument(span)
+        .await
 }
 
 /// The rest of [`take_press`], inside the press's span.
@@ -176,7 +191,12 @@ async fn take_valid_press(
         Ok(v) => v,
         Err(r) => {
             telemetry::press_rejected(r.reason, Some(&device_id), &r.message);
-            ctx.feedback.send(&device_id, &Feedback::rejected(r.press_id, r.message, now_ms())).await;
+            ctx.feedback
+                .send(
+                    &device_id,
+                    &Feedback::rejected(r.press_id, r.message, now_ms()),
+                )
+                .await;
             return None;
         }
     };
@@ -187,11 +207,20 @@ async fn take_valid_press(
     let Some(device) = ctx.directory.info(&device_id) else {
         let msg = format!("device {device_id} is not registered");
         telemetry::press_rejected(RejectReason::UnknownDevice, Some(&device_id), &msg);
-        ctx.feedback.send(&device_id, &Feedback::rejected(Some(press.id), msg, now_ms())).await;
+        ctx.feedback
+            .send(
+                &device_id,
+                &Feedback::rejected(Some(press.id), msg, now_ms()),
+            )
+            .await;
         return None;
     };
     let key = format!("{device_id}\0{}", press.id);
-    if !queued.lock().expect("queued lock is never poisoned").insert(key.clone()) {
+    if !queued
+        .lock()
+        .expect("queued lock is never poisoned")
+        .insert(key.clone())
+    {
         telemetry::press_received(press.gesture, "duplicate");
         return None;
     }
@@ -199,14 +228,28 @@ async fn take_valid_press(
     if (intake_at - press.at).abs() > SKEW_MS {
         telemetry::press_clock_skew();
     }
-    let resident = device.resident_id.as_deref().and_then(|id| ctx.residents.info(id));
+    let resident = device
+        .resident_id
+        .as_deref()
+        .and_then(|id| ctx.residents.info(id));
     // The rules judge a press by when it was pressed, in the resident's home zone; a device
     // clock that is far off is not believed.
-    let pressed_at = if (intake_at - press.at).abs() > SKEW_MS { intake_at } else { press.at };
-    let local_minutes = ctx.residents.zone(resident.as_deref()).and_then(|z| local_minutes_in(pressed_at, z));
+    let pressed_at = if (intake_at - press.at).abs() > SKEW_MS {
+        intake_at
+    } else {
+        press.at
+    };
+    let local_minutes = ctx
+        .residents
+        .zone(resident.as_deref())
+        .and_then(|z| local_minutes_in(pressed_at, z));
     let decision = {
         // One complete rule set for this press: a reload swaps the Arc, never the set inside.
-        let rules = ctx.rules.read().expect("rules lock is never poisoned").clone();
+        let rules = ctx
+            .rules
+            .read()
+            .expect("rules lock is never poisoned")
+            .clone();
         rules.evaluate(&PressContext {
             profile: &device.profile,
             button: &press.button,
@@ -216,14 +259,24 @@ async fn take_valid_press(
         })
     };
     let action = match decision.action {
-        Action::Request { service, priority, mut tags } => {
+        Action::Request {
+            service,
+            priority,
+            mut tags,
+        } => {
             // Never dropped for want of a resident: the backend is told it must ask.
             if resident.is_none() && !tags.iter().any(|t| t == RESIDENT_UNKNOWN_TAG) {
                 tags.push(RESIDENT_UNKNOWN_TAG.to_owned());
             }
-            PressAction::Request { service, priority, tags }
+            PressAction::Request {
+                service,
+                priority,
+                tags,
+            }
         }
-        Action::Cancel => PressAction::Cancel { window_ms: ctx.cancel_window_ms },
+        Action::Cancel => PressAction::Cancel {
+            window_ms: ctx.cancel_window_ms,
+        },
     };
     let gesture = press.gesture;
     let entry = PressEntry {
@@ -236,9 +289,18 @@ async fn take_valid_press(
         attach_window_ms: ctx.attach_window_ms,
     };
     match ctx.store.submit_press(entry).await {
-        Ok(rx) => Some(Pending { rx, started, gesture, key, span }),
+        Ok(rx) => Some(Pending {
+            rx,
+            started,
+            gesture,
+            key,
+            span,
+        }),
         Err(e) => {
-            queued.lock().expect("queued lock is never poisoned").remove(&key);
+            queued
+                .lock()
+                .expect("queued lock is never poisoned")
+                .remove(&key);
             telemetry::store_error("press", &e);
             telemetry::press_received(gesture, "store_error");
             None
@@ -248,11 +310,25 @@ async fn take_valid_press(
 
 /// Wait for each journal answer in receive order and act on it.
 async fn responder(mut rx: mpsc::Receiver<Pending>, ctx: Arc<IntakeContext>, queued: Queued) {
-    while let Some(Pending { rx, started, gesture, key, span }) = rx.recv().await {
+    while let Some(Pending {
+        rx,
+        started,
+        gesture,
+        key,
+        span,
+    }) = rx.recv().await
+    {
         let result = rx.await;
-        queued.lock().expect("queued lock is never poisoned").remove(&key);
+        queued
+            .lock()
+            .expect("queued lock is never poisoned")
+            .remove(&key);
         match result {
-            Ok(Ok(outcome)) => after_commit(&ctx, outcome, started, gesture, &span).instrument(span.clone()).await,
+            Ok(Ok(outcome)) => {
+                after_commit(&ctx, outcome, started, gesture, &span)
+                    .instrument(span.clone())
+                    .await
+            }
             Ok(Err(e)) => {
                 // No `received`: the device keeps the press and retransmits it.
                 span.in_scope(|| tracing::warn!(error = %e, "press not journaled; the device will retransmit"));
@@ -263,7 +339,13 @@ async fn responder(mut rx: mpsc::Receiver<Pending>, ctx: Arc<IntakeContext>, que
     }
 }
 
-async fn after_commit(ctx: &IntakeContext, outcome: PressOutcome, started: Instant, gesture: Gesture, span: &tracing::Span) {
+async fn after_commit(
+    ctx: &IntakeContext,
+    outcome: PressOutcome,
+    started: Instant,
+    gesture: Gesture,
+    span: &tracing::Span,
+) {
     match outcome {
         PressOutcome::Created(req) => {
             span.record("request_id", req.id.as_str());
@@ -335,7 +417,13 @@ pub async fn start_statuses(
     ctx: Arc<IntakeContext>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, rumqttc::ConnectionError> {
-    let (client, mut events) = subscriber(cfg, broker::GATEWAY_STATUS_CLIENT, secret, topic::STATUS_FILTER).await?;
+    let (client, mut events) = subscriber(
+        cfg,
+        broker::GATEWAY_STATUS_CLIENT,
+        secret,
+        topic::STATUS_FILTER,
+    )
+    .await?;
     Ok(tokio::spawn(async move {
         let mut tracker = Presence::default();
         loop {
@@ -395,7 +483,9 @@ async fn take_status(ctx: &IntakeContext, tracker: &mut Presence, p: &Publish) {
         Err(r) => {
             telemetry::status_rejected(r.reason);
             let msg = format!("status: {}", r.message);
-            ctx.feedback.send(device_id, &Feedback::rejected(None, msg, now_ms())).await;
+            ctx.feedback
+                .send(device_id, &Feedback::rejected(None, msg, now_ms()))
+                .await;
             return;
         }
     };
@@ -404,14 +494,18 @@ async fn take_status(ctx: &IntakeContext, tracker: &mut Presence, p: &Publish) {
     if ctx.directory.info(device_id).is_none() {
         telemetry::status_rejected(RejectReason::UnknownDevice);
         let msg = format!("status: device {device_id} is not registered");
-        ctx.feedback.send(device_id, &Feedback::rejected(None, msg, now_ms())).await;
+        ctx.feedback
+            .send(device_id, &Feedback::rejected(None, msg, now_ms()))
+            .await;
         return;
     }
     telemetry::status_received();
     let now = now_ms();
     let prev = tracker.online.get(device_id).copied();
     let changed = prev.map(|(o, _)| o) != Some(status.online);
-    let stale = prev.map(|(_, t)| now - t >= STATUS_PERSIST_MS).unwrap_or(true);
+    let stale = prev
+        .map(|(_, t)| now - t >= STATUS_PERSIST_MS)
+        .unwrap_or(true);
     match (prev.map(|(o, _)| o), status.online) {
         (Some(true), false) => {
             tracker.online_count -= 1;
@@ -428,7 +522,9 @@ async fn take_status(ctx: &IntakeContext, tracker: &mut Presence, p: &Publish) {
     if changed || stale {
         let json = serde_json::to_string(&status).expect("status serializes");
         ctx.store.status(device_id, status.online, json, now);
-        tracker.online.insert(device_id.to_owned(), (status.online, now));
+        tracker
+            .online
+            .insert(device_id.to_owned(), (status.online, now));
     } else if let Some(entry) = tracker.online.get_mut(device_id) {
         entry.0 = status.online;
     }

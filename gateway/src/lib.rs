@@ -115,48 +115,92 @@ impl Gateway {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
-        let (reloader, rules_desc) =
-            rules::reload::Reloader::start(rules_source(&config)).map_err(|e| StartError::Rules(e.to_string()))?;
+        let (reloader, rules_desc) = rules::reload::Reloader::start(rules_source(&config))
+            .map_err(|e| StartError::Rules(e.to_string()))?;
         let metrics = telemetry::metrics_handle();
         let store = store::Store::open(&config.db_path(), config.store.max_batch)?;
         let ready = Arc::new(api::Readiness::default());
-        let auth = api::auth::Auth::load(&config.api, &config.store.data_dir)
-            .map_err(|problems| config::ConfigError { source_name: None, problems })?;
+        let auth =
+            api::auth::Auth::load(&config.api, &config.store.data_dir).map_err(|problems| {
+                config::ConfigError {
+                    source_name: None,
+                    problems,
+                }
+            })?;
         let tls = match &config.mqtt.tls {
-            Some(t) => Some(Arc::new(broker::tls::TlsHandshake::new(t).map_err(|e| StartError::Io(e.to_string()))?)),
+            Some(t) => Some(Arc::new(
+                broker::tls::TlsHandshake::new(t).map_err(|e| StartError::Io(e.to_string()))?,
+            )),
             None => None,
         };
 
         // rumqttd binds its listeners inside tasks and can only log a failure there; check the
         // addresses first so a busy port is a clear start error.
-        std::net::TcpListener::bind(config.mqtt.listen)
-            .map_err(|e| StartError::Io(format!("cannot listen for MQTT on {}: {e}", config.mqtt.listen)))?;
+        std::net::TcpListener::bind(config.mqtt.listen).map_err(|e| {
+            StartError::Io(format!(
+                "cannot listen for MQTT on {}: {e}",
+                config.mqtt.listen
+            ))
+        })?;
         if let Some(t) = &config.mqtt.tls {
-            std::net::TcpListener::bind(t.listen)
-                .map_err(|e| StartError::Io(format!("cannot listen for MQTT over TLS on {}: {e}", t.listen)))?;
+            std::net::TcpListener::bind(t.listen).map_err(|e| {
+                StartError::Io(format!(
+                    "cannot listen for MQTT over TLS on {}: {e}",
+                    t.listen
+                ))
+            })?;
         }
         let directory = devices::Directory::new(store.clone());
         let accounts = broker::Accounts::new(directory.clone(), &config.mqtt);
         let broker_stop = CancellationToken::new();
-        let broker_thread = broker::start(&config.mqtt, &config.flood, accounts.clone(), tls, broker_stop.clone())
-            .map_err(|e| StartError::Io(format!("cannot start the MQTT listener thread: {e}")))?;
+        let broker_thread = broker::start(
+            &config.mqtt,
+            &config.flood,
+            accounts.clone(),
+            tls,
+            broker_stop.clone(),
+        )
+        .map_err(|e| StartError::Io(format!("cannot start the MQTT listener thread: {e}")))?;
 
         let feedback = connect_with_retry(|| {
             // Alive until the very end: dispatches finishing during the grace period still
             // tell their devices.
-            feedback::FeedbackSender::connect(&config.mqtt, accounts.gateway_secret(), abort.clone())
+            feedback::FeedbackSender::connect(
+                &config.mqtt,
+                accounts.gateway_secret(),
+                abort.clone(),
+            )
         })
         .await?;
         ready.broker.store(true, Ordering::Release);
 
-        let (dispatch, dispatch_tasks) = dispatch::start(config.clone(), store.clone(), feedback.clone(), shutdown.clone(), abort.clone())?;
+        let (dispatch, dispatch_tasks) = dispatch::start(
+            config.clone(),
+            store.clone(),
+            feedback.clone(),
+            shutdown.clone(),
+            abort.clone(),
+        )?;
         let residents = residents::Residents::new(store.clone(), &config.rules.time_zone);
         let watch_every = Duration::from_millis(config.rules.watch_interval_ms);
         let mut tasks = dispatch_tasks;
-        tasks.push(rules::reload::watch(reloader.clone(), watch_every, shutdown.clone()));
+        tasks.push(rules::reload::watch(
+            reloader.clone(),
+            watch_every,
+            shutdown.clone(),
+        ));
         // Residents change only by CLI; a second is soon enough even with watching turned off.
-        let residents_every = if watch_every.is_zero() { Duration::from_secs(1) } else { watch_every };
-        tasks.push(residents::cache::watch(residents.clone(), directory.clone(), residents_every, shutdown.clone()));
+        let residents_every = if watch_every.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            watch_every
+        };
+        tasks.push(residents::cache::watch(
+            residents.clone(),
+            directory.clone(),
+            residents_every,
+            shutdown.clone(),
+        ));
         for s in yijian_wire::Service::ALL {
             if config.route(*s).notify_contacts && config.notify.backend.is_none() {
                 tracing::info!(service = %s, "no [notify] backend: contacts are not notified when requests go to the desk");
@@ -173,11 +217,21 @@ impl Gateway {
             attach_window_ms: config.flood.attach_window_s as i64 * 1000,
         });
         let presses = connect_with_retry(|| {
-            intake::start_presses(&config.mqtt, accounts.gateway_secret(), ctx.clone(), shutdown.clone())
+            intake::start_presses(
+                &config.mqtt,
+                accounts.gateway_secret(),
+                ctx.clone(),
+                shutdown.clone(),
+            )
         })
         .await?;
         let statuses = connect_with_retry(|| {
-            intake::start_statuses(&config.mqtt, accounts.gateway_secret(), ctx.clone(), shutdown.clone())
+            intake::start_statuses(
+                &config.mqtt,
+                accounts.gateway_secret(),
+                ctx.clone(),
+                shutdown.clone(),
+            )
         })
         .await?;
         // Credential changes from here on drop live connections (revoke, rotate).
@@ -209,7 +263,9 @@ impl Gateway {
             })
         };
 
-        let http_addr = http.local_addr().map_err(|e| StartError::Io(e.to_string()))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|e| StartError::Io(e.to_string()))?;
         let app = api::router(api::ApiState {
             store: store.clone(),
             feedback,
@@ -221,7 +277,10 @@ impl Gateway {
         let http_task = {
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(http, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                if let Err(e) = axum::serve(http, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
                     tracing::error!(error = %e, "HTTP server stopped");
                 }
             })
@@ -279,7 +338,10 @@ impl Gateway {
         let finished_in_time = tokio::time::timeout(self.grace, &mut all).await.is_ok();
         self.abort.cancel();
         if !finished_in_time {
-            tracing::warn!(grace_ms = self.grace.as_millis() as u64, "grace period over: what is still in flight stays in the outbox");
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "grace period over: what is still in flight stays in the outbox"
+            );
             let _ = all.await;
         }
         self.store.flush().await;

@@ -48,7 +48,10 @@ pub fn revoke(db: &Path, id: &str) -> Result<(), LifecycleError> {
 pub fn rotate(db: &Path, id: &str) -> Result<String, LifecycleError> {
     let mut c = store::open_rw(db)?;
     let secret = devices::new_secret();
-    outcome(credentials::rotate(&mut c, id, &devices::digest(&secret), now_ms())?, id)?;
+    outcome(
+        credentials::rotate(&mut c, id, &devices::digest(&secret), now_ms())?,
+        id,
+    )?;
     Ok(secret)
 }
 
@@ -61,34 +64,62 @@ pub fn show(db: &Path, id: &str) -> Result<DeviceRecord, LifecycleError> {
 /// `devices revoke ID`.
 pub fn cli_revoke(cfg: &Config, id: &str, out: &mut dyn Write) -> Result<(), LifecycleError> {
     revoke(&cfg.db_path(), id)?;
-    writeln!(out, "revoked device {id}: it can no longer connect, and a running gateway drops its connection")?;
+    writeln!(
+        out,
+        "revoked device {id}: it can no longer connect, and a running gateway drops its connection"
+    )?;
     Ok(())
 }
 
 /// `devices rotate ID [--json]`.
-pub fn cli_rotate(cfg: &Config, id: &str, json: bool, out: &mut dyn Write) -> Result<(), LifecycleError> {
+pub fn cli_rotate(
+    cfg: &Config,
+    id: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), LifecycleError> {
     let secret = rotate(&cfg.db_path(), id)?;
     if json {
-        writeln!(out, "{}", serde_json::json!({"device_id": id, "secret": secret}))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"device_id": id, "secret": secret})
+        )?;
     } else {
         writeln!(out, "new secret for device {id}: {secret}")?;
-        writeln!(out, "The secret is shown only this once; it is stored as a SHA-256 digest.")?;
+        writeln!(
+            out,
+            "The secret is shown only this once; it is stored as a SHA-256 digest."
+        )?;
         writeln!(out, "The old secret no longer works, and a running gateway drops a connection made with it.")?;
     }
     Ok(())
 }
 
 /// `devices show ID [--json]`.
-pub fn cli_show(cfg: &Config, id: &str, json: bool, out: &mut dyn Write) -> Result<(), LifecycleError> {
+pub fn cli_show(
+    cfg: &Config,
+    id: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), LifecycleError> {
     let d = show(&cfg.db_path(), id)?;
     if json {
-        writeln!(out, "{}", serde_json::to_string(&d).expect("records serialize"))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&d).expect("records serialize")
+        )?;
         return Ok(());
     }
     let time = |t: Option<i64>| t.map(rfc3339_ms).unwrap_or_else(|| "-".into());
     writeln!(out, "device      {}", d.device_id)?;
     writeln!(out, "profile     {}", d.profile)?;
-    writeln!(out, "resident    {}", d.resident_id.as_deref().unwrap_or("-"))?;
+    writeln!(
+        out,
+        "resident    {}",
+        d.resident_id.as_deref().unwrap_or("-")
+    )?;
     writeln!(out, "registered  {}", rfc3339_ms(d.created_at))?;
     writeln!(out, "revoked     {}", time(d.revoked_at))?;
     writeln!(

@@ -4,10 +4,10 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use yijian_gateway::config::{Config, DEFAULT_CONFIG, EXAMPLE_BACKENDS_CONFIG};
-use yijian_gateway::telemetry::{self, LogFormat};
 use yijian_gateway::admin::explain::ExplainArgs;
 use yijian_gateway::api::auth::{self, Role};
+use yijian_gateway::config::{Config, DEFAULT_CONFIG, EXAMPLE_BACKENDS_CONFIG};
+use yijian_gateway::telemetry::{self, LogFormat};
 use yijian_gateway::{admin, lifecycle, Gateway};
 use yijian_wire::Gesture;
 
@@ -47,7 +47,13 @@ struct Global {
     #[arg(long, global = true, env = "YIJIAN_RULES_DIR", value_name = "DIR")]
     rules_dir: Option<PathBuf>,
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "human", env = "YIJIAN_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "YIJIAN_LOG_FORMAT"
+    )]
     log_format: LogFormat,
 }
 
@@ -282,9 +288,17 @@ fn main() -> ExitCode {
             print!("{EXAMPLE_BACKENDS_CONFIG}");
             Ok(())
         }
-        Command::Config(ConfigCmd::Check { file }) => admin::config_check(&file, &mut out).map_err(|e| e.to_string()),
-        Command::Rules(RulesCmd::Check { dir }) => admin::rules_check(&dir, &mut out).map_err(|e| e.to_string()),
-        Command::Tokens(TokensCmd::New { name, role, backend }) => {
+        Command::Config(ConfigCmd::Check { file }) => {
+            admin::config_check(&file, &mut out).map_err(|e| e.to_string())
+        }
+        Command::Rules(RulesCmd::Check { dir }) => {
+            admin::rules_check(&dir, &mut out).map_err(|e| e.to_string())
+        }
+        Command::Tokens(TokensCmd::New {
+            name,
+            role,
+            backend,
+        }) => {
             if (role == Role::Backend) != backend.is_some() {
                 Err("--backend NAME is required for role backend, and only for it".into())
             } else {
@@ -299,32 +313,59 @@ fn main() -> ExitCode {
         other => match load_config(&cli.global) {
             Err(e) => Err(e),
             Ok(cfg) => match other {
-                Command::Devices(DevicesCmd::Add { id, profile, resident, json }) => {
-                    admin::devices_add(&cfg, &id, profile.as_deref(), resident.as_deref(), json, &mut out)
-                        .map_err(|e| e.to_string())
-                }
-                Command::Devices(DevicesCmd::AddMany { prefix, count, profile }) => {
-                    admin::devices_add_many(&cfg, &prefix, count, profile.as_deref(), &mut out).map_err(|e| e.to_string())
-                }
+                Command::Devices(DevicesCmd::Add {
+                    id,
+                    profile,
+                    resident,
+                    json,
+                }) => admin::devices_add(
+                    &cfg,
+                    &id,
+                    profile.as_deref(),
+                    resident.as_deref(),
+                    json,
+                    &mut out,
+                )
+                .map_err(|e| e.to_string()),
+                Command::Devices(DevicesCmd::AddMany {
+                    prefix,
+                    count,
+                    profile,
+                }) => admin::devices_add_many(&cfg, &prefix, count, profile.as_deref(), &mut out)
+                    .map_err(|e| e.to_string()),
                 Command::Devices(DevicesCmd::List { json }) => {
                     admin::devices_list(&cfg, json, &mut out).map_err(|e| e.to_string())
                 }
                 Command::Devices(DevicesCmd::Bind { id, resident }) => {
-                    admin::residents::devices_bind(&cfg, &id, Some(&resident), &mut out).map_err(|e| e.to_string())
+                    admin::residents::devices_bind(&cfg, &id, Some(&resident), &mut out)
+                        .map_err(|e| e.to_string())
                 }
                 Command::Devices(DevicesCmd::Unbind { id }) => {
-                    admin::residents::devices_bind(&cfg, &id, None, &mut out).map_err(|e| e.to_string())
+                    admin::residents::devices_bind(&cfg, &id, None, &mut out)
+                        .map_err(|e| e.to_string())
                 }
                 Command::Residents(ResidentsCmd::Import { file }) => {
-                    admin::residents::residents_import(&cfg, &file, &mut out).map_err(|e| e.to_string())
+                    admin::residents::residents_import(&cfg, &file, &mut out)
+                        .map_err(|e| e.to_string())
                 }
                 Command::Residents(ResidentsCmd::Show { id, json }) => {
-                    admin::residents::residents_show(&cfg, &id, json, &mut out).map_err(|e| e.to_string())
+                    admin::residents::residents_show(&cfg, &id, json, &mut out)
+                        .map_err(|e| e.to_string())
                 }
                 Command::Residents(ResidentsCmd::List { json }) => {
-                    admin::residents::residents_list(&cfg, json, &mut out).map_err(|e| e.to_string())
+                    admin::residents::residents_list(&cfg, json, &mut out)
+                        .map_err(|e| e.to_string())
                 }
-                Command::Rules(RulesCmd::Explain { device, profile, button, gesture, at, resident, attrs, time_zone }) => {
+                Command::Rules(RulesCmd::Explain {
+                    device,
+                    profile,
+                    button,
+                    gesture,
+                    at,
+                    resident,
+                    attrs,
+                    time_zone,
+                }) => {
                     let args = ExplainArgs {
                         device,
                         profile,
@@ -335,8 +376,13 @@ fn main() -> ExitCode {
                         attrs,
                         time_zone,
                     };
-                    admin::explain::rules_explain(&cfg, &args, yijian_gateway::clock::now_ms(), &mut out)
-                        .map_err(|e| e.to_string())
+                    admin::explain::rules_explain(
+                        &cfg,
+                        &args,
+                        yijian_gateway::clock::now_ms(),
+                        &mut out,
+                    )
+                    .map_err(|e| e.to_string())
                 }
                 Command::Devices(DevicesCmd::Show { id, json }) => {
                     lifecycle::cli_show(&cfg, &id, json, &mut out).map_err(|e| e.to_string())
@@ -362,7 +408,11 @@ fn main() -> ExitCode {
 
 fn serve(cfg: Config) -> Result<(), String> {
     match yijian_wire::os::raise_fd_limit() {
-        Some((soft, hard)) => tracing::info!(soft, hard, "open files limit (each device connection takes one)"),
+        Some((soft, hard)) => tracing::info!(
+            soft,
+            hard,
+            "open files limit (each device connection takes one)"
+        ),
         None => tracing::warn!("cannot read the open files limit"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -385,7 +435,9 @@ fn serve(cfg: Config) -> Result<(), String> {
 fn reload_on_sighup(rules: std::sync::Arc<yijian_gateway::rules::reload::Reloader>) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
         while hup.recv().await.is_some() {
             let r = rules.clone();
             let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;

@@ -91,22 +91,31 @@ pub const BUILD_INFO: &str = "yijian_build_info";
 
 /// Histogram buckets, in seconds: 0.5 ms to 60 s.
 pub const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
+    60.0,
 ];
 
 /// Operator answer time is measured against the telecare targets (97.5% within 60 s, 99%
 /// within 180 s): it needs bounds at and past 180 s, and nothing below a second.
-pub const OPERATOR_ANSWER_BUCKETS: &[f64] =
-    &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 1800.0];
+pub const OPERATOR_ANSWER_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 1800.0,
+];
 
 /// Commands per group commit: a count, not seconds (up to `store.max_batch`).
-pub const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
 
 /// The `outcome` values of [`PRESS_RECEIVED_TOTAL`].
 pub const PRESS_OUTCOMES: &[&str] = &["request", "cancel", "duplicate", "store_error"];
 
 /// The `reason` values of [`MQTT_REFUSED_TOTAL`] (the broker's topic ACL).
-pub const MQTT_REFUSED_REASONS: &[&str] = &["will_topic", "publish_topic", "subscribe_topic", "second_connect"];
+pub const MQTT_REFUSED_REASONS: &[&str] = &[
+    "will_topic",
+    "publish_topic",
+    "subscribe_topic",
+    "second_connect",
+];
 
 /// The `result` values of [`CALLBACKS_TOTAL`].
 pub const CALLBACK_RESULTS: &[&str] = &["ok", "bad_request", "not_found", "conflict"];
@@ -121,8 +130,18 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(OPERATOR_ANSWER_SECONDS.into()), OPERATOR_ANSWER_BUCKETS))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_SIZE.into()), BATCH_SIZE_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(OPERATOR_ANSWER_SECONDS.into()),
+                        OPERATOR_ANSWER_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(STORE_BATCH_SIZE.into()),
+                        BATCH_SIZE_BUCKETS,
+                    )
+                })
                 .expect("bucket lists are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -142,10 +161,12 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// nobody scraping, that grew by a few dozen bytes per press forever. Fold them every 10 s
 /// (rendering is what folds them in this exporter version; the text is thrown away).
 fn drain_histograms(handle: PrometheusHandle) {
-    let spawned = std::thread::Builder::new().name("yijian-metrics".into()).spawn(move || loop {
-        std::thread::sleep(std::time::Duration::from_secs(10));
-        drop(handle.render());
-    });
+    let spawned = std::thread::Builder::new()
+        .name("yijian-metrics".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            drop(handle.render());
+        });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms grow until scraped");
     }
@@ -153,43 +174,163 @@ fn drain_histograms(handle: PrometheusHandle) {
 
 fn describe() {
     use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
-    c!(PRESS_RECEIVED_TOTAL, Unit::Count, "Valid presses taken in, by gesture and outcome (request, cancel, duplicate, store_error).");
-    c!(PRESS_REJECTED_TOTAL, Unit::Count, "Presses refused as malformed, from unknown devices or on bad topics, by reason.");
-    c!(PRESS_DUPLICATES_TOTAL, Unit::Count, "Retransmitted presses answered from the journal without a new request.");
-    c!(PRESS_UNKNOWN_FIELDS_TOTAL, Unit::Count, "Unknown fields seen in presses (ignored).");
-    c!(PRESS_CLOCK_SKEW_TOTAL, Unit::Count, "Presses whose device clock is more than a day off the gateway clock.");
+    c!(
+        PRESS_RECEIVED_TOTAL,
+        Unit::Count,
+        "Valid presses taken in, by gesture and outcome (request, cancel, duplicate, store_error)."
+    );
+    c!(
+        PRESS_REJECTED_TOTAL,
+        Unit::Count,
+        "Presses refused as malformed, from unknown devices or on bad topics, by reason."
+    );
+    c!(
+        PRESS_DUPLICATES_TOTAL,
+        Unit::Count,
+        "Retransmitted presses answered from the journal without a new request."
+    );
+    c!(
+        PRESS_UNKNOWN_FIELDS_TOTAL,
+        Unit::Count,
+        "Unknown fields seen in presses (ignored)."
+    );
+    c!(
+        PRESS_CLOCK_SKEW_TOTAL,
+        Unit::Count,
+        "Presses whose device clock is more than a day off the gateway clock."
+    );
     h!(INTAKE_TO_RECEIVED_SECONDS, Unit::Seconds, "From intake of a press to its received feedback being published (journal commit included).");
     h!(PRESS_TO_RECEIVED_SECONDS, Unit::Seconds, "From the press on the device clock to its received feedback being published, by service (clock-skewed presses are not recorded).");
-    c!(REQUESTS_CREATED_TOTAL, Unit::Count, "Requests created from presses, by service and priority.");
-    h!(PRESS_TO_DISPATCHED_SECONDS, Unit::Seconds, "From the press on the device clock to a backend accepting the request, by service.");
-    h!(DISPATCH_ATTEMPT_SECONDS, Unit::Seconds, "Duration of one dispatch attempt, by backend and result.");
-    c!(DISPATCH_ATTEMPTS_TOTAL, Unit::Count, "Dispatch attempts, by backend and result.");
-    g!(REQUESTS_OPEN, Unit::Count, "Requests neither closed nor cancelled, by service and state.");
-    c!(ESCALATIONS_TOTAL, Unit::Count, "Requests handed to a human operator, by service and reason.");
-    g!(BACKEND_CIRCUIT_OPEN, Unit::Count, "1 while a backend's circuit breaker is open or half-open, else 0.");
-    g!(DEVICES_CONNECTED, Unit::Count, "Devices whose latest status message says online.");
-    g!(DEVICES_OFFLINE, Unit::Count, "Devices whose latest status message says offline (last will or goodbye).");
-    h!(OPERATOR_ANSWER_SECONDS, Unit::Seconds, "Desk requests: from creation to an operator's acknowledgement.");
-    g!(DESK_OLDEST_WAITING_SECONDS, Unit::Seconds, "Age of the oldest escalated request no operator has acknowledged yet, 0 when none waits.");
-    c!(STATUS_RECEIVED_TOTAL, Unit::Count, "Status messages (heartbeats, last wills) taken in.");
-    c!(STATUS_REJECTED_TOTAL, Unit::Count, "Status messages refused, by reason.");
-    c!(MQTT_AUTH_TOTAL, Unit::Count, "MQTT connection attempts, by authentication result.");
+    c!(
+        REQUESTS_CREATED_TOTAL,
+        Unit::Count,
+        "Requests created from presses, by service and priority."
+    );
+    h!(
+        PRESS_TO_DISPATCHED_SECONDS,
+        Unit::Seconds,
+        "From the press on the device clock to a backend accepting the request, by service."
+    );
+    h!(
+        DISPATCH_ATTEMPT_SECONDS,
+        Unit::Seconds,
+        "Duration of one dispatch attempt, by backend and result."
+    );
+    c!(
+        DISPATCH_ATTEMPTS_TOTAL,
+        Unit::Count,
+        "Dispatch attempts, by backend and result."
+    );
+    g!(
+        REQUESTS_OPEN,
+        Unit::Count,
+        "Requests neither closed nor cancelled, by service and state."
+    );
+    c!(
+        ESCALATIONS_TOTAL,
+        Unit::Count,
+        "Requests handed to a human operator, by service and reason."
+    );
+    g!(
+        BACKEND_CIRCUIT_OPEN,
+        Unit::Count,
+        "1 while a backend's circuit breaker is open or half-open, else 0."
+    );
+    g!(
+        DEVICES_CONNECTED,
+        Unit::Count,
+        "Devices whose latest status message says online."
+    );
+    g!(
+        DEVICES_OFFLINE,
+        Unit::Count,
+        "Devices whose latest status message says offline (last will or goodbye)."
+    );
+    h!(
+        OPERATOR_ANSWER_SECONDS,
+        Unit::Seconds,
+        "Desk requests: from creation to an operator's acknowledgement."
+    );
+    g!(
+        DESK_OLDEST_WAITING_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest escalated request no operator has acknowledged yet, 0 when none waits."
+    );
+    c!(
+        STATUS_RECEIVED_TOTAL,
+        Unit::Count,
+        "Status messages (heartbeats, last wills) taken in."
+    );
+    c!(
+        STATUS_REJECTED_TOTAL,
+        Unit::Count,
+        "Status messages refused, by reason."
+    );
+    c!(
+        MQTT_AUTH_TOTAL,
+        Unit::Count,
+        "MQTT connection attempts, by authentication result."
+    );
     c!(MQTT_DUPLICATE_CLIENT_ID_TOTAL, Unit::Count, "Device MQTT connections accepted while another with the same client id was still open; the broker dropped the older one.");
     c!(MQTT_REFUSED_TOTAL, Unit::Count, "MQTT connections closed for publishing or subscribing outside the device's own topics, by reason.");
-    c!(FEEDBACK_SENT_TOTAL, Unit::Count, "Feedback messages published to devices, by state.");
-    c!(FEEDBACK_FAILED_TOTAL, Unit::Count, "Feedback messages that could not be queued for publishing, by state.");
-    h!(STORE_COMMIT_SECONDS, Unit::Seconds, "Duration of one journal group commit (fsync included).");
-    h!(STORE_BATCH_SIZE, Unit::Count, "Commands written per journal group commit.");
-    c!(STORE_ERRORS_TOTAL, Unit::Count, "Journal operations that failed, by operation.");
-    c!(CALLBACKS_TOTAL, Unit::Count, "Backend status callbacks, by result.");
-    c!(OPERATOR_ACTIONS_TOTAL, Unit::Count, "Operator actions on requests, by action and result.");
-    c!(RULES_RELOAD_TOTAL, Unit::Count, "Rule set reloads, by result (ok, or invalid: the previous rules stayed).");
-    c!(FOLLOWUPS_TOTAL, Unit::Count, "Backend cancellations and contact notifications finished, by kind and result.");
-    c!(CANCELS_TOTAL, Unit::Count, "Cancel gestures, by outcome (cancelled, flagged for an operator, nothing open).");
+    c!(
+        FEEDBACK_SENT_TOTAL,
+        Unit::Count,
+        "Feedback messages published to devices, by state."
+    );
+    c!(
+        FEEDBACK_FAILED_TOTAL,
+        Unit::Count,
+        "Feedback messages that could not be queued for publishing, by state."
+    );
+    h!(
+        STORE_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Duration of one journal group commit (fsync included)."
+    );
+    h!(
+        STORE_BATCH_SIZE,
+        Unit::Count,
+        "Commands written per journal group commit."
+    );
+    c!(
+        STORE_ERRORS_TOTAL,
+        Unit::Count,
+        "Journal operations that failed, by operation."
+    );
+    c!(
+        CALLBACKS_TOTAL,
+        Unit::Count,
+        "Backend status callbacks, by result."
+    );
+    c!(
+        OPERATOR_ACTIONS_TOTAL,
+        Unit::Count,
+        "Operator actions on requests, by action and result."
+    );
+    c!(
+        RULES_RELOAD_TOTAL,
+        Unit::Count,
+        "Rule set reloads, by result (ok, or invalid: the previous rules stayed)."
+    );
+    c!(
+        FOLLOWUPS_TOTAL,
+        Unit::Count,
+        "Backend cancellations and contact notifications finished, by kind and result."
+    );
+    c!(
+        CANCELS_TOTAL,
+        Unit::Count,
+        "Cancel gestures, by outcome (cancelled, flagged for an operator, nothing open)."
+    );
     for r in ["ok", "invalid"] {
         counter!(RULES_RELOAD_TOTAL, "result" => r).increment(0);
     }
-    g!(BUILD_INFO, Unit::Count, "Always 1, labelled with the gateway's version.");
+    g!(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1, labelled with the gateway's version."
+    );
     // Pre-register the bounded label sets so dashboards see zeros rather than gaps, and so
     // `increase()` sees the first event: a counter series that is born at 1 has no earlier
     // sample to increase from, and an alert on it would never fire.
@@ -204,7 +345,8 @@ fn describe() {
     }
     for s in Service::ALL {
         for p in Priority::ALL {
-            counter!(REQUESTS_CREATED_TOTAL, "service" => s.as_str(), "priority" => p.as_str()).increment(0);
+            counter!(REQUESTS_CREATED_TOTAL, "service" => s.as_str(), "priority" => p.as_str())
+                .increment(0);
         }
     }
     for s in FeedbackState::ALL {
@@ -220,7 +362,13 @@ fn describe() {
     for r in CALLBACK_RESULTS {
         counter!(CALLBACKS_TOTAL, "result" => *r).increment(0);
     }
-    for name in [PRESS_DUPLICATES_TOTAL, PRESS_UNKNOWN_FIELDS_TOTAL, PRESS_CLOCK_SKEW_TOTAL, STATUS_RECEIVED_TOTAL, MQTT_DUPLICATE_CLIENT_ID_TOTAL] {
+    for name in [
+        PRESS_DUPLICATES_TOTAL,
+        PRESS_UNKNOWN_FIELDS_TOTAL,
+        PRESS_CLOCK_SKEW_TOTAL,
+        STATUS_RECEIVED_TOTAL,
+        MQTT_DUPLICATE_CLIENT_ID_TOTAL,
+    ] {
         counter!(name).increment(0);
     }
     counter!(STORE_ERRORS_TOTAL, "op" => "commit").increment(0);
@@ -242,7 +390,8 @@ pub fn escalation_reasons(reasons: &[&'static str]) {
 
 /// A valid press was taken in.
 pub fn press_received(gesture: Gesture, outcome: &'static str) {
-    counter!(PRESS_RECEIVED_TOTAL, "gesture" => gesture.as_str(), "outcome" => outcome).increment(1);
+    counter!(PRESS_RECEIVED_TOTAL, "gesture" => gesture.as_str(), "outcome" => outcome)
+        .increment(1);
     if outcome == "duplicate" {
         counter!(PRESS_DUPLICATES_TOTAL).increment(1);
     }
@@ -297,7 +446,8 @@ pub fn request_created(service: Service, priority: Priority) {
 /// One dispatch attempt finished.
 pub fn dispatch_attempt(backend: &str, result: &'static str, d: Duration) {
     let backend = backend.to_owned();
-    histogram!(DISPATCH_ATTEMPT_SECONDS, "backend" => backend.clone(), "result" => result).record(d.as_secs_f64());
+    histogram!(DISPATCH_ATTEMPT_SECONDS, "backend" => backend.clone(), "result" => result)
+        .record(d.as_secs_f64());
     counter!(DISPATCH_ATTEMPTS_TOTAL, "backend" => backend, "result" => result).increment(1);
 }
 
@@ -313,7 +463,8 @@ pub fn circuit(backend: &str, open: bool) {
 
 /// Open requests of one service and state.
 pub fn requests_open(service: &str, state: &str, n: i64) {
-    gauge!(REQUESTS_OPEN, "service" => service.to_owned(), "state" => state.to_owned()).set(n as f64);
+    gauge!(REQUESTS_OPEN, "service" => service.to_owned(), "state" => state.to_owned())
+        .set(n as f64);
 }
 
 /// Devices online and offline, by their latest status.
@@ -363,7 +514,12 @@ pub fn mqtt_duplicate_client_id(client_id: &str) {
 /// The topic ACL closed a connection. Logged at warn: it is either a bug in a device or an attack.
 pub fn mqtt_refused(reason: &'static str, client_id: &str, topic: &str) {
     counter!(MQTT_REFUSED_TOTAL, "reason" => reason).increment(1);
-    tracing::warn!(client_id, topic, reason, "MQTT connection closed by the topic ACL");
+    tracing::warn!(
+        client_id,
+        topic,
+        reason,
+        "MQTT connection closed by the topic ACL"
+    );
 }
 
 /// Feedback was published.
@@ -381,12 +537,28 @@ pub fn feedback_failed(state: FeedbackState, device_id: &str, error: &dyn std::f
 /// The span every log line about one press runs in. `request_id` is filled in once the
 /// journal has made the press a request.
 pub fn press_span(device_id: &str) -> tracing::Span {
-    tracing::info_span!("press", device_id, press_id = tracing::field::Empty, request_id = tracing::field::Empty)
+    tracing::info_span!(
+        "press",
+        device_id,
+        press_id = tracing::field::Empty,
+        request_id = tracing::field::Empty
+    )
 }
 
 /// The span every log line about one request runs in (dispatch, escalation).
-pub fn request_span(request_id: &str, device_id: &str, press_id: &str, service: Service) -> tracing::Span {
-    tracing::info_span!("request", request_id, device_id, press_id, service = service.as_str())
+pub fn request_span(
+    request_id: &str,
+    device_id: &str,
+    press_id: &str,
+    service: Service,
+) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        request_id,
+        device_id,
+        press_id,
+        service = service.as_str()
+    )
 }
 
 /// One group commit.
@@ -439,7 +611,12 @@ pub const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=
 pub fn init_logging(format: LogFormat) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.to_owned());
     use std::io::IsTerminal;
-    init_logging_with(format, &filter, std::io::stderr().is_terminal(), std::io::stderr);
+    init_logging_with(
+        format,
+        &filter,
+        std::io::stderr().is_terminal(),
+        std::io::stderr,
+    );
 }
 
 /// Install the tracing subscriber with this filter and writer (tests capture the output).
@@ -453,7 +630,9 @@ where
 {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let result = match format {
         LogFormat::Human => builder.with_ansi(ansi).try_init(),
         LogFormat::Json => builder

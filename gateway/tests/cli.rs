@@ -19,7 +19,12 @@ fn run(cwd: &Path, args: &[&str]) -> Output {
 
 fn ok(cwd: &Path, args: &[&str]) -> String {
     let out = run(cwd, args);
-    assert!(out.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
@@ -62,9 +67,18 @@ fn setup() -> tempfile::TempDir {
     std::fs::create_dir(dir.path().join("rules")).expect("rules dir");
     std::fs::write(dir.path().join("rules/10-site.toml"), RULES).expect("rules");
     std::fs::write(dir.path().join("residents.csv"), RESIDENTS).expect("residents");
-    assert_eq!(ok(dir.path(), &["residents", "import", "residents.csv"]), "imported 2 resident(s) from residents.csv (2 new, 0 replaced)\n");
-    ok(dir.path(), &["devices", "add", "pendant-7", "--profile", "pendant"]);
-    assert_eq!(ok(dir.path(), &["devices", "bind", "pendant-7", "r-1001"]), "device pendant-7 is bound to resident r-1001\n");
+    assert_eq!(
+        ok(dir.path(), &["residents", "import", "residents.csv"]),
+        "imported 2 resident(s) from residents.csv (2 new, 0 replaced)\n"
+    );
+    ok(
+        dir.path(),
+        &["devices", "add", "pendant-7", "--profile", "pendant"],
+    );
+    assert_eq!(
+        ok(dir.path(), &["devices", "bind", "pendant-7", "r-1001"]),
+        "device pendant-7 is bound to resident r-1001\n"
+    );
     dir
 }
 
@@ -72,7 +86,19 @@ fn setup() -> tempfile::TempDir {
 fn explain_a_devices_press_at_a_given_instant() {
     let dir = setup();
     // 2026-11-28T15:30:00Z is 23:30 in Shanghai (the default zone): night, and she lives alone.
-    let got = ok(dir.path(), &["rules", "explain", "--device", "pendant-7", "--gesture", "double", "--at", "2026-11-28T15:30:00Z"]);
+    let got = ok(
+        dir.path(),
+        &[
+            "rules",
+            "explain",
+            "--device",
+            "pendant-7",
+            "--gesture",
+            "double",
+            "--at",
+            "2026-11-28T15:30:00Z",
+        ],
+    );
     assert_eq!(
         got,
         r#"press:      profile pendant, button main, gesture double
@@ -88,7 +114,19 @@ it is the first rule: nothing was skipped
 "#
     );
     // The same instant with an offset, four hours earlier in Shanghai: daytime.
-    let got = ok(dir.path(), &["rules", "explain", "--device", "pendant-7", "--gesture", "double", "--at", "2026-11-28T19:30:00+08:00"]);
+    let got = ok(
+        dir.path(),
+        &[
+            "rules",
+            "explain",
+            "--device",
+            "pendant-7",
+            "--gesture",
+            "double",
+            "--at",
+            "2026-11-28T19:30:00+08:00",
+        ],
+    );
     assert_eq!(
         got,
         r#"press:      profile pendant, button main, gesture double
@@ -112,7 +150,19 @@ fn explain_by_hand_and_with_a_rebound_device() {
     let dir = setup();
     // HH:MM is the resident's local time; a resident in New York who does not live alone.
     ok(dir.path(), &["devices", "bind", "pendant-7", "r-1002"]);
-    let got = ok(dir.path(), &["rules", "explain", "--device", "pendant-7", "--gesture", "long", "--at", "23:00"]);
+    let got = ok(
+        dir.path(),
+        &[
+            "rules",
+            "explain",
+            "--device",
+            "pendant-7",
+            "--gesture",
+            "long",
+            "--at",
+            "23:00",
+        ],
+    );
     assert_eq!(
         got,
         r#"press:      profile pendant, button main, gesture long
@@ -137,7 +187,20 @@ A cancel applies to the device's most recent open request of the last 120 s ([ru
     // No device: a profile and attributes by hand; a model no rule knows goes to the fallback.
     let got = ok(
         dir.path(),
-        &["rules", "explain", "--profile", "wall-unit", "--button", "sos", "--attr", "lives_alone=false", "--at", "2026-11-28T15:30:00Z", "--time-zone", "Europe/London"],
+        &[
+            "rules",
+            "explain",
+            "--profile",
+            "wall-unit",
+            "--button",
+            "sos",
+            "--attr",
+            "lives_alone=false",
+            "--at",
+            "2026-11-28T15:30:00Z",
+            "--time-zone",
+            "Europe/London",
+        ],
     );
     assert_eq!(
         got,
@@ -164,7 +227,10 @@ decision: rescue request, priority urgent
     );
     let out = run(dir.path(), &["rules", "explain", "--device", "nobody"]);
     assert!(!out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "yijian-gateway: device nobody is not registered\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "yijian-gateway: device nobody is not registered\n"
+    );
 }
 
 #[test]
@@ -190,9 +256,18 @@ more.csv:3: resident r-1003: time_zone \"Mars/Olympus\" is not a known IANA time
 more.csv:5: resident r-1004: the same id is already on line 4
 "
     );
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "yijian-gateway: more.csv: 4 problem(s); nothing was imported\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "yijian-gateway: more.csv: 4 problem(s); nothing was imported\n"
+    );
     // Not even the good rows: the resident on record is untouched and no new one exists.
-    assert_eq!(ok(dir.path(), &["residents", "show", "r-1001", "--json"]), before);
+    assert_eq!(
+        ok(dir.path(), &["residents", "show", "r-1001", "--json"]),
+        before
+    );
     let out = run(dir.path(), &["residents", "show", "r-1004"]);
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "yijian-gateway: resident r-1004 is not on record\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "yijian-gateway: resident r-1004 is not on record\n"
+    );
 }

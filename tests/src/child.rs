@@ -28,17 +28,35 @@ pub fn gateway_binary() -> Result<PathBuf> {
                (`cargo test --release --workspace` builds every workspace binary)";
     if let Some(b) = std::env::var_os("YIJIAN_GATEWAY_BIN") {
         let bin = PathBuf::from(b);
-        ensure!(bin.is_file(), "YIJIAN_GATEWAY_BIN={} is not a file", bin.display());
+        ensure!(
+            bin.is_file(),
+            "YIJIAN_GATEWAY_BIN={} is not a file",
+            bin.display()
+        );
         return Ok(bin);
     }
     // target/release/deps/crash-<hash> → target/release/yijian-gateway
     let exe = std::env::current_exe().context("this test's own path")?;
-    let bin = exe.parent().and_then(Path::parent).context("the test executable's target directory")?.join("yijian-gateway");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test executable's target directory")?
+        .join("yijian-gateway");
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
-        .map_err(|e| anyhow!("the gateway binary {} is not there ({e}); {fix}", bin.display()))?;
+        .map_err(|e| {
+            anyhow!(
+                "the gateway binary {} is not there ({e}); {fix}",
+                bin.display()
+            )
+        })?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for dir in ["gateway/src", "gateway/config", "wire/src", "vendor/rumqttd/src"] {
+    for dir in [
+        "gateway/src",
+        "gateway/config",
+        "wire/src",
+        "vendor/rumqttd/src",
+    ] {
         if let Some((newer, at)) = newest_file(&root.join(dir)) {
             ensure!(
                 at <= built,
@@ -81,7 +99,11 @@ fn newest_file(dir: &Path) -> Option<(PathBuf, SystemTime)> {
 pub fn stable_port() -> Result<u16> {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
         .unwrap_or(32768);
     let (from, to) = (low.saturating_sub(12_000).max(1024), low.max(1025));
     for _ in 0..200 {
@@ -123,7 +145,10 @@ impl ChildGateway {
         config.http.listen = SocketAddr::from(([127, 0, 0, 1], stable_port()?));
         adjust(&mut config);
         let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, toml::to_string(&config).context("the configuration as TOML")?)?;
+        std::fs::write(
+            &config_path,
+            toml::to_string(&config).context("the configuration as TOML")?,
+        )?;
         Ok(ChildGateway {
             bin,
             base: format!("http://{}", config.http.listen),
@@ -141,7 +166,13 @@ impl ChildGateway {
     /// needed; a running gateway sees them at once).
     pub fn add_devices(&self, prefix: &str, count: u32, profile: &str) -> Result<Vec<Credential>> {
         let mut out = Vec::new();
-        yijian_gateway::admin::devices_add_many(&self.config, prefix, count, Some(profile), &mut out)?;
+        yijian_gateway::admin::devices_add_many(
+            &self.config,
+            prefix,
+            count,
+            Some(profile),
+            &mut out,
+        )?;
         String::from_utf8(out)?
             .lines()
             .map(|l| serde_json::from_str::<Credential>(l).context("a devices add-many line"))
@@ -169,7 +200,10 @@ impl ChildGateway {
         loop {
             if let Some(status) = self.child.as_mut().expect("just spawned").try_wait()? {
                 self.child = None;
-                bail!("the gateway exited at start ({status}):\n{}", self.log_tail(40));
+                bail!(
+                    "the gateway exited at start ({status}):\n{}",
+                    self.log_tail(40)
+                );
             }
             if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
                 if r.status() == 200 {
@@ -177,7 +211,10 @@ impl ChildGateway {
                 }
             }
             if Instant::now() > deadline {
-                bail!("the gateway was not ready within {START_WAIT:?}:\n{}", self.log_tail(40));
+                bail!(
+                    "the gateway was not ready within {START_WAIT:?}:\n{}",
+                    self.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -201,11 +238,19 @@ impl ChildGateway {
 
     /// Send SIGTERM (a graceful stop); [`ChildGateway::wait_exit`] collects the status.
     pub fn terminate(&self) -> Result<()> {
-        let pid = self.child.as_ref().map(Child::id).context("the gateway is not running")?;
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .context("the gateway is not running")?;
         // SAFETY: kill(2) on our own child's pid; it has not been reaped (`child` is still
         // set), so the pid cannot have been reused.
         let r = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        ensure!(r == 0, "kill -TERM {pid}: {}", std::io::Error::last_os_error());
+        ensure!(
+            r == 0,
+            "kill -TERM {pid}: {}",
+            std::io::Error::last_os_error()
+        );
         Ok(())
     }
 
@@ -220,7 +265,10 @@ impl ChildGateway {
             }
             if Instant::now() > deadline {
                 let _ = self.kill();
-                bail!("the gateway did not exit within {timeout:?}:\n{}", self.log_tail(40));
+                bail!(
+                    "the gateway did not exit within {timeout:?}:\n{}",
+                    self.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -230,7 +278,11 @@ impl ChildGateway {
     pub async fn stop(&mut self, timeout: Duration) -> Result<()> {
         self.terminate()?;
         let status = self.wait_exit(timeout).await?;
-        ensure!(status.success(), "the gateway exited with {status} after SIGTERM:\n{}", self.log_tail(40));
+        ensure!(
+            status.success(),
+            "the gateway exited with {status} after SIGTERM:\n{}",
+            self.log_tail(40)
+        );
         Ok(())
     }
 
@@ -245,7 +297,9 @@ impl ChildGateway {
 
     /// Every run's log, in order.
     pub fn logs(&self) -> String {
-        (1..=self.runs).map(|r| format!("--- run {r} ---\n{}", self.log(r))).collect()
+        (1..=self.runs)
+            .map(|r| format!("--- run {r} ---\n{}", self.log(r)))
+            .collect()
     }
 
     /// The last `n` lines of the current run's log.
@@ -257,27 +311,42 @@ impl ChildGateway {
 
     /// GET a path of the API as an operator: (status, JSON body or Null).
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        let r = self.http.get(format!("{}{}", self.base, path)).bearer_auth(OPERATOR_TOKEN).send().await?;
+        let r = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
     /// The `/metrics` scrape, as text.
     pub async fn metrics(&self) -> Result<String> {
-        let r = self.http.get(format!("{}/metrics", self.base)).send().await?;
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?;
         ensure!(r.status() == 200, "/metrics answered {}", r.status());
         Ok(r.text().await?)
     }
 
     /// Open the journal read-only (for a gateway that has stopped, or beside a running one).
     pub fn journal(&self) -> Result<rusqlite::Connection> {
-        Ok(rusqlite::Connection::open_with_flags(self.config.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?)
+        Ok(rusqlite::Connection::open_with_flags(
+            self.config.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?)
     }
 
     /// Request ids the journal still owes a dispatch (the outbox), read-only.
     pub fn outbox(&self) -> Result<Vec<String>> {
         let conn = self.journal()?;
-        Ok(yijian_gateway::store::read::outbox(&conn)?.into_iter().map(|r| r.id).collect())
+        Ok(yijian_gateway::store::read::outbox(&conn)?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
     }
 }
 

@@ -23,8 +23,17 @@ pub fn backend_token(name: &str) -> String {
 }
 
 fn token(name: &str, role: Role, backend: Option<&str>, token: &str) -> TokenConfig {
-    let sha256 = yijian_gateway::devices::digest(token).iter().map(|b| format!("{b:02x}")).collect();
-    TokenConfig { name: name.to_owned(), role, backend: backend.map(str::to_owned), sha256: Some(sha256), token_env: None }
+    let sha256 = yijian_gateway::devices::digest(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    TokenConfig {
+        name: name.to_owned(),
+        role,
+        backend: backend.map(str::to_owned),
+        sha256: Some(sha256),
+        token_env: None,
+    }
 }
 
 pub use yijian_device_sim::{Behaviour, MockOptions};
@@ -62,13 +71,23 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     c.rules.watch_interval_ms = 20;
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
     c.rules.dir = Some(rules);
-    c.api.tokens.push(token("test-operator", Role::Operator, None, OPERATOR_TOKEN));
-    c.api.tokens.push(token("test-metrics", Role::Metrics, None, METRICS_TOKEN));
+    c.api
+        .tokens
+        .push(token("test-operator", Role::Operator, None, OPERATOR_TOKEN));
+    c.api
+        .tokens
+        .push(token("test-metrics", Role::Metrics, None, METRICS_TOKEN));
     c
 }
 
 /// Route `service` to these backends (names) with the given deadline.
-pub fn route(c: &mut Config, service: &str, backends: &[&str], attempt_timeout_ms: u64, deadline_s: u64) {
+pub fn route(
+    c: &mut Config,
+    service: &str,
+    backends: &[&str],
+    attempt_timeout_ms: u64,
+    deadline_s: u64,
+) {
     c.services.insert(
         service.to_owned(),
         ServiceConfig {
@@ -83,8 +102,19 @@ pub fn route(c: &mut Config, service: &str, backends: &[&str], attempt_timeout_m
 /// Declare a backend served by `mock` at path `/{name}`, with a callback token
 /// ([`backend_token`]).
 pub fn backend(c: &mut Config, mock: &MockBackends, name: &str) {
-    c.backends.insert(name.to_owned(), BackendConfig { url: mock.url(name), token_env: None });
-    c.api.tokens.push(token(&format!("backend-{name}"), Role::Backend, Some(name), &backend_token(name)));
+    c.backends.insert(
+        name.to_owned(),
+        BackendConfig {
+            url: mock.url(name),
+            token_env: None,
+        },
+    );
+    c.api.tokens.push(token(
+        &format!("backend-{name}"),
+        Role::Backend,
+        Some(name),
+        &backend_token(name),
+    ));
 }
 
 impl TestGateway {
@@ -109,8 +139,19 @@ impl TestGateway {
                     let base = format!("http://{}", gw.http_addr);
                     let mqtt = gw.mqtt_addr;
                     let path = yijian_gateway::api::auth::admin_token_path(&config.store.data_dir);
-                    let admin_token = std::fs::read_to_string(&path).context("the admin token file")?.trim().to_owned();
-                    return Ok(TestGateway { gw, config, base, mqtt, http: reqwest::Client::new(), admin_token, _dir: None });
+                    let admin_token = std::fs::read_to_string(&path)
+                        .context("the admin token file")?
+                        .trim()
+                        .to_owned();
+                    return Ok(TestGateway {
+                        gw,
+                        config,
+                        base,
+                        mqtt,
+                        http: reqwest::Client::new(),
+                        admin_token,
+                        _dir: None,
+                    });
                 }
                 Err(e @ yijian_gateway::StartError::Io(_)) => {
                     last = Some(e);
@@ -127,7 +168,10 @@ impl TestGateway {
         let mut out = Vec::new();
         yijian_gateway::admin::devices_add(&self.config, id, Some(profile), None, true, &mut out)?;
         let v: Value = serde_json::from_slice(&out)?;
-        Ok(v["secret"].as_str().context("secret in devices add output")?.to_owned())
+        Ok(v["secret"]
+            .as_str()
+            .context("secret in devices add output")?
+            .to_owned())
     }
 
     /// Register and connect a simulated device.
@@ -139,9 +183,18 @@ impl TestGateway {
     /// Register a device bound to `resident` and connect it.
     pub async fn device_of(&self, id: &str, profile: &str, resident: &str) -> Result<SimDevice> {
         let mut out = Vec::new();
-        yijian_gateway::admin::devices_add(&self.config, id, Some(profile), Some(resident), true, &mut out)?;
+        yijian_gateway::admin::devices_add(
+            &self.config,
+            id,
+            Some(profile),
+            Some(resident),
+            true,
+            &mut out,
+        )?;
         let v: Value = serde_json::from_slice(&out)?;
-        let secret = v["secret"].as_str().context("secret in devices add output")?;
+        let secret = v["secret"]
+            .as_str()
+            .context("secret in devices add output")?;
         Ok(SimDevice::connect(DeviceConfig::new(id, secret, self.mqtt)).await?)
     }
 
@@ -161,7 +214,12 @@ impl TestGateway {
 
     /// `devices bind DEVICE RESIDENT`.
     pub fn bind(&self, device: &str, resident: &str) -> Result<()> {
-        yijian_gateway::admin::residents::devices_bind(&self.config, device, Some(resident), &mut Vec::new())?;
+        yijian_gateway::admin::residents::devices_bind(
+            &self.config,
+            device,
+            Some(resident),
+            &mut Vec::new(),
+        )?;
         Ok(())
     }
 
@@ -173,7 +231,12 @@ impl TestGateway {
     }
 
     /// Poll request `id` until `done` holds for it (or fail after [`WAIT`]).
-    pub async fn wait_request(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub async fn wait_request(
+        &self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let v = self.request(id).await?;
@@ -181,7 +244,9 @@ impl TestGateway {
                 return Ok(v);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(anyhow!("request {id}: gave up waiting for {what}; it is {v}"));
+                return Err(anyhow!(
+                    "request {id}: gave up waiting for {what}; it is {v}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -194,12 +259,19 @@ impl TestGateway {
 
     /// POST JSON to a path of the API as an operator: (status, JSON body).
     pub async fn post(&self, path: &str, body: Value) -> Result<(u16, Value)> {
-        self.call("POST", path, Some(OPERATOR_TOKEN), Some(body)).await
+        self.call("POST", path, Some(OPERATOR_TOKEN), Some(body))
+            .await
     }
 
     /// Any call: `method` on `path` with `token` (none: no Authorization header) and an
     /// optional JSON body. Returns (status, JSON body or Null).
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value)> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut rb = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
@@ -226,7 +298,11 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub fn history_kinds(v: &Value) -> Vec<String> {
     v["history"]
         .as_array()
-        .map(|h| h.iter().filter_map(|e| e["kind"].as_str().map(str::to_owned)).collect())
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -55,12 +55,17 @@ fn attempts(v: &Value) -> Vec<(String, u64, String, i64, u64)> {
 
 /// The hits of one request (its Idempotency-Key) on `backend`, in arrival order.
 fn hits_of(mock: &MockBackends, key: &str, backend: &str) -> Vec<Hit> {
-    mock.hits().into_iter().filter(|h| h.key == key && h.backend == backend).collect()
+    mock.hits()
+        .into_iter()
+        .filter(|h| h.key == key && h.backend == backend)
+        .collect()
 }
 
 /// Milliseconds between consecutive hits.
 fn gaps(hits: &[Hit]) -> Vec<i64> {
-    hits.windows(2).map(|w| w[1].arrived_ms - w[0].arrived_ms).collect()
+    hits.windows(2)
+        .map(|w| w[1].arrived_ms - w[0].arrived_ms)
+        .collect()
 }
 
 /// Every request is owned: a backend has it (`dispatched`) or a human does (`escalated`), and
@@ -70,14 +75,29 @@ async fn every_request_has_an_owner(gw: &TestGateway) -> Result<()> {
     ensure!(status == 200, "list: {status} {list}");
     for r in list["requests"].as_array().into_iter().flatten() {
         let state = r["state"].as_str().unwrap_or_default();
-        ensure!(matches!(state, "dispatched" | "escalated"), "request {} is {state}: {r}", r["request_id"]);
+        ensure!(
+            matches!(state, "dispatched" | "escalated"),
+            "request {} is {state}: {r}",
+            r["request_id"]
+        );
         let backend = r["backend"].as_str().unwrap_or_default();
-        ensure!(!backend.is_empty(), "request {} has no backend: {r}", r["request_id"]);
+        ensure!(
+            !backend.is_empty(),
+            "request {} has no backend: {r}",
+            r["request_id"]
+        );
         ensure!((state == "escalated") == (backend == "desk"), "{r}");
     }
-    let outbox = gw.gw.store.read(yijian_gateway::store::read::outbox).await?;
+    let outbox = gw
+        .gw
+        .store
+        .read(yijian_gateway::store::read::outbox)
+        .await?;
     let owed: Vec<_> = outbox.iter().map(|r| r.id.as_str()).collect();
-    ensure!(owed.is_empty(), "the outbox still owes dispatches: {owed:?}");
+    ensure!(
+        owed.is_empty(),
+        "the outbox still owes dispatches: {owed:?}"
+    );
     Ok(())
 }
 
@@ -90,10 +110,21 @@ async fn press_until(
     state: FeedbackState,
 ) -> Result<(String, Value)> {
     let press = dev.press("main", gesture).await?;
-    let heard = dev.wait_for(&press, state, WAIT).await.with_context(|| format!("{state} for {press}"))?;
+    let heard = dev
+        .wait_for(&press, state, WAIT)
+        .await
+        .with_context(|| format!("{state} for {press}"))?;
     let states: Vec<_> = heard.iter().map(|h| h.feedback.state).collect();
-    assert_eq!(states, vec![FeedbackState::Received, state], "the device hears each step once");
-    let rid = heard[0].feedback.request.clone().context("received names the request")?;
+    assert_eq!(
+        states,
+        vec![FeedbackState::Received, state],
+        "the device hears each step once"
+    );
+    let rid = heard[0]
+        .feedback
+        .request
+        .clone()
+        .context("received names the request")?;
     Ok((rid.clone(), gw.request(&rid).await?))
 }
 
@@ -108,11 +139,22 @@ async fn request_ids_once(
     let deadline = tokio::time::Instant::now() + WAIT;
     while done.len() < presses.len() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let h = dev.next_feedback(left).await.with_context(|| format!("feedback for {presses:?}; done {done:?}"))?;
-        let Some(press) = h.feedback.press.clone() else { continue };
+        let h = dev
+            .next_feedback(left)
+            .await
+            .with_context(|| format!("feedback for {presses:?}; done {done:?}"))?;
+        let Some(press) = h.feedback.press.clone() else {
+            continue;
+        };
         if let Some((_, want)) = presses.iter().find(|(p, _)| *p == press) {
             if h.feedback.state == *want {
-                done.insert(press, h.feedback.request.clone().context("the answer names the request")?);
+                done.insert(
+                    press,
+                    h.feedback
+                        .request
+                        .clone()
+                        .context("the answer names the request")?,
+                );
             }
         }
     }
@@ -123,7 +165,10 @@ async fn request_ids_once(
 async fn failover_follows_the_configured_order_through_every_kind_of_failure() -> Result<()> {
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     mock.set("fo-500", Behaviour::Status(500, None));
-    mock.set("fo-hang", Behaviour::Hang(std::time::Duration::from_secs(5)));
+    mock.set(
+        "fo-hang",
+        Behaviour::Hang(std::time::Duration::from_secs(5)),
+    );
     mock.set("fo-503", Behaviour::Status(503, None));
     // A reserved loopback port nobody listens on: connection refused.
     let refused_url = format!("http://127.0.0.1:{}/fo-refused", free_port());
@@ -133,7 +178,13 @@ async fn failover_follows_the_configured_order_through_every_kind_of_failure() -
         for b in ["fo-500", "fo-hang", "fo-503", "fo-ok"] {
             backend(c, &mock, b);
         }
-        c.backends.insert("fo-refused".into(), BackendConfig { url: refused_url.clone(), token_env: None });
+        c.backends.insert(
+            "fo-refused".into(),
+            BackendConfig {
+                url: refused_url.clone(),
+                token_env: None,
+            },
+        );
         route(c, "rescue", &order, 150, 20);
     })
     .await?;
@@ -141,11 +192,17 @@ async fn failover_follows_the_configured_order_through_every_kind_of_failure() -
     let mut dev = gw.device("fo-dev", "one-button").await?;
     let (rid, v) = press_until(&gw, &mut dev, Gesture::Single, FeedbackState::Dispatched).await?;
     assert_eq!(v["backend"], "fo-ok", "{v}");
-    assert_eq!(v["ref"], "FO-OK-1", "the accepting backend's reference is kept: {v}");
+    assert_eq!(
+        v["ref"], "FO-OK-1",
+        "the accepting backend's reference is kept: {v}"
+    );
 
     // The history: two attempts per backend, in the configured order, numbered across backends.
     let tried = attempts(&v);
-    let got: Vec<(&str, u64, &str)> = tried.iter().map(|(b, n, r, ..)| (b.as_str(), *n, r.as_str())).collect();
+    let got: Vec<(&str, u64, &str)> = tried
+        .iter()
+        .map(|(b, n, r, ..)| (b.as_str(), *n, r.as_str()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -161,11 +218,17 @@ async fn failover_follows_the_configured_order_through_every_kind_of_failure() -
         ]
     );
     for (b, n, _, _, elapsed) in tried.iter().filter(|t| t.2 == "timeout") {
-        assert!((150..600).contains(elapsed), "{b} attempt {n}: timed out after {elapsed} ms, not ~150");
+        assert!(
+            (150..600).contains(elapsed),
+            "{b} attempt {n}: timed out after {elapsed} ms, not ~150"
+        );
     }
     // The backends' own view: every attempt that reached one carried the same key, in order.
     let hits: Vec<_> = mock.hits().into_iter().filter(|h| h.key == rid).collect();
-    let seen: Vec<(&str, Option<u32>)> = hits.iter().map(|h| (h.backend.as_str(), h.attempt)).collect();
+    let seen: Vec<(&str, Option<u32>)> = hits
+        .iter()
+        .map(|h| (h.backend.as_str(), h.attempt))
+        .collect();
     assert_eq!(
         seen,
         vec![
@@ -178,7 +241,11 @@ async fn failover_follows_the_configured_order_through_every_kind_of_failure() -
             ("fo-ok", Some(9)),
         ]
     );
-    assert_eq!(mock.received().len(), 1, "one request reached a backend, once");
+    assert_eq!(
+        mock.received().len(),
+        1,
+        "one request reached a backend, once"
+    );
 
     let after = Metrics::scrape(&gw).await?;
     for (b, result, n) in [
@@ -188,7 +255,11 @@ async fn failover_follows_the_configured_order_through_every_kind_of_failure() -
         ("fo-503", "http_503", 2.0),
         ("fo-ok", "accepted", 1.0),
     ] {
-        assert_eq!(before.delta(&after, ATTEMPTS, &[("backend", b), ("result", result)]), n, "{ATTEMPTS}{{{b},{result}}}");
+        assert_eq!(
+            before.delta(&after, ATTEMPTS, &[("backend", b), ("result", result)]),
+            n,
+            "{ATTEMPTS}{{{b},{result}}}"
+        );
     }
     every_request_has_an_owner(&gw).await?;
     gw.stop().await;
@@ -200,7 +271,11 @@ async fn retries_back_off_exponentially_with_jitter() -> Result<()> {
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     // Three services, three backends, three requests in flight at once; each backend fails
     // its request five times, then accepts.
-    let services = [("rescue", "bo-r", Gesture::Single), ("taxi", "bo-t", Gesture::Double), ("hospital", "bo-h", Gesture::Triple)];
+    let services = [
+        ("rescue", "bo-r", Gesture::Single),
+        ("taxi", "bo-t", Gesture::Double),
+        ("hospital", "bo-h", Gesture::Triple),
+    ];
     for (_, b, _) in services {
         mock.script(b, std::iter::repeat_n(Behaviour::Status(503, None), 5));
     }
@@ -221,7 +296,10 @@ async fn retries_back_off_exponentially_with_jitter() -> Result<()> {
     for (_, _, g) in services {
         presses.push(dev.press("main", g).await?);
     }
-    let wanted: Vec<(&str, FeedbackState)> = presses.iter().map(|p| (p.as_str(), FeedbackState::Dispatched)).collect();
+    let wanted: Vec<(&str, FeedbackState)> = presses
+        .iter()
+        .map(|p| (p.as_str(), FeedbackState::Dispatched))
+        .collect();
     let rids = request_ids_once(&mut dev, &wanted).await?;
     let mut sequences = Vec::new();
     for ((_, b, _), p) in services.iter().zip(&presses) {
@@ -237,23 +315,42 @@ async fn retries_back_off_exponentially_with_jitter() -> Result<()> {
     for (b, g) in &sequences {
         for (n, gap) in g.iter().enumerate() {
             let base = initial << n;
-            assert!(*gap >= base / 2 - 1, "{b} retry {n}: {gap} ms, under half of {base}: {g:?}");
-            assert!(*gap <= base + 150, "{b} retry {n}: {gap} ms, far over {base}: {g:?}");
+            assert!(
+                *gap >= base / 2 - 1,
+                "{b} retry {n}: {gap} ms, under half of {base}: {g:?}"
+            );
+            assert!(
+                *gap <= base + 150,
+                "{b} retry {n}: {gap} ms, far over {base}: {g:?}"
+            );
             ratios.push(*gap as f64 / base as f64);
         }
         // Growth: two retries later the wait is at least double (lower bound 2·base vs upper bound base).
         for n in 0..g.len() - 2 {
-            assert!(g[n + 2] > g[n], "{b}: no growth from retry {n} to {}: {g:?}", n + 2);
+            assert!(
+                g[n + 2] > g[n],
+                "{b}: no growth from retry {n} to {}: {g:?}",
+                n + 2
+            );
         }
     }
     // Growth on average, retry by retry.
-    let mean = |n: usize| sequences.iter().map(|(_, g)| g[n] as f64).sum::<f64>() / sequences.len() as f64;
+    let mean =
+        |n: usize| sequences.iter().map(|(_, g)| g[n] as f64).sum::<f64>() / sequences.len() as f64;
     for n in 0..4 {
-        assert!(mean(n + 1) > mean(n), "mean wait does not grow from retry {n}: {sequences:?}");
+        assert!(
+            mean(n + 1) > mean(n),
+            "mean wait does not grow from retry {n}: {sequences:?}"
+        );
     }
     // Jitter: the waits are not a fixed schedule (without jitter every ratio would be ~1.0).
-    let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    assert!(hi - lo > 0.1, "waits relative to their base hardly differ ({lo:.2}..{hi:.2}): {sequences:?}");
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    assert!(
+        hi - lo > 0.1,
+        "waits relative to their base hardly differ ({lo:.2}..{hi:.2}): {sequences:?}"
+    );
     let first: Vec<i64> = sequences.iter().map(|(_, g)| g[0]).collect();
     let later: Vec<i64> = sequences.iter().map(|(_, g)| g[3]).collect();
     assert!(
@@ -270,7 +367,10 @@ async fn retry_after_is_honoured_but_never_past_the_deadline() -> Result<()> {
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     // rescue: three 503s asking for a second each, then accepted — across a round of
     // attempts, so the last Retry-After of a round counts too.
-    mock.script("ra-1s", std::iter::repeat_n(Behaviour::Status(503, Some(1)), 3));
+    mock.script(
+        "ra-1s",
+        std::iter::repeat_n(Behaviour::Status(503, Some(1)), 3),
+    );
     // taxi: 503 asking for 30 s against a 2 s deadline.
     mock.set("ra-30s", Behaviour::Status(503, Some(30)));
     let gw = TestGateway::start(|c| {
@@ -286,7 +386,14 @@ async fn retry_after_is_honoured_but_never_past_the_deadline() -> Result<()> {
     let rescue = dev.press("main", Gesture::Single).await?;
     let taxi = dev.press("main", Gesture::Double).await?;
 
-    let rids = request_ids_once(&mut dev, &[(&taxi, FeedbackState::Escalated), (&rescue, FeedbackState::Dispatched)]).await?;
+    let rids = request_ids_once(
+        &mut dev,
+        &[
+            (&taxi, FeedbackState::Escalated),
+            (&rescue, FeedbackState::Dispatched),
+        ],
+    )
+    .await?;
     let taxi_rid = rids[&taxi].clone();
     let v = gw.request(&taxi_rid).await?;
     let created = epoch_ms(v["created_at"].as_str().unwrap_or_default())?;
@@ -296,12 +403,22 @@ async fn retry_after_is_honoured_but_never_past_the_deadline() -> Result<()> {
         "a 30 s Retry-After waits only until the 2 s deadline: escalated {} ms after creation",
         escalated - created
     );
-    assert_eq!(hits_of(&mock, &taxi_rid, "ra-30s").len(), 1, "nothing was sent before the backend's Retry-After");
+    assert_eq!(
+        hits_of(&mock, &taxi_rid, "ra-30s").len(),
+        1,
+        "nothing was sent before the backend's Retry-After"
+    );
 
     let hits = hits_of(&mock, &rids[&rescue], "ra-1s");
-    assert_eq!(hits.iter().map(|h| h.status).collect::<Vec<_>>(), vec![503, 503, 503, 200]);
+    assert_eq!(
+        hits.iter().map(|h| h.status).collect::<Vec<_>>(),
+        vec![503, 503, 503, 200]
+    );
     for (n, gap) in gaps(&hits).into_iter().enumerate() {
-        assert!((995..1400).contains(&gap), "retry {n} came {gap} ms after a `Retry-After: 1`");
+        assert!(
+            (995..1400).contains(&gap),
+            "retry {n} came {gap} ms after a `Retry-After: 1`"
+        );
     }
     every_request_has_an_owner(&gw).await?;
     gw.stop().await;
@@ -309,11 +426,15 @@ async fn retry_after_is_honoured_but_never_past_the_deadline() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_that_accepts_too_slowly_gets_the_retry_with_the_same_key_and_keeps_one_request() -> Result<()> {
+async fn a_backend_that_accepts_too_slowly_gets_the_retry_with_the_same_key_and_keeps_one_request(
+) -> Result<()> {
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     // Takes the request at once but answers only after 800 ms: the gateway's 150 ms attempt
     // times out, and its retry (same Idempotency-Key) is answered 409.
-    mock.script("slow", [Behaviour::SlowAccept(std::time::Duration::from_millis(800))]);
+    mock.script(
+        "slow",
+        [Behaviour::SlowAccept(std::time::Duration::from_millis(800))],
+    );
     let gw = TestGateway::start(|c| {
         fast(c);
         backend(c, &mock, "slow");
@@ -326,15 +447,28 @@ async fn a_backend_that_accepts_too_slowly_gets_the_retry_with_the_same_key_and_
 
     let hits = hits_of(&mock, &rid, "slow");
     let seen: Vec<(Option<u32>, u16)> = hits.iter().map(|h| (h.attempt, h.status)).collect();
-    assert_eq!(seen, vec![(Some(1), 200), (Some(2), 409)], "the retry carried the same key: {hits:?}");
+    assert_eq!(
+        seen,
+        vec![(Some(1), 200), (Some(2), 409)],
+        "the retry carried the same key: {hits:?}"
+    );
     let results: Vec<String> = attempts(&v).into_iter().map(|a| a.2).collect();
     assert_eq!(results, vec!["timeout", "conflict"]);
-    assert_eq!(mock.received_by("slow").len(), 1, "the backend holds one request");
+    assert_eq!(
+        mock.received_by("slow").len(),
+        1,
+        "the backend holds one request"
+    );
     assert_eq!(mock.duplicates(), 1);
     let (_, list) = gw.get("/api/v1/requests?device=slow-dev").await?;
     assert_eq!(list["requests"].as_array().map(Vec::len), Some(1));
     // The device heard nothing more about it.
-    assert!(dev.next_feedback(std::time::Duration::from_millis(300)).await.is_err(), "no second answer");
+    assert!(
+        dev.next_feedback(std::time::Duration::from_millis(300))
+            .await
+            .is_err(),
+        "no second answer"
+    );
     every_request_has_an_owner(&gw).await?;
     gw.stop().await;
     Ok(())
@@ -345,7 +479,10 @@ async fn a_flapping_backend_gets_each_request_once_and_its_breaker_stays_closed(
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     // Fails, succeeds, fails, succeeds...: never two failures in a row.
     let rounds = 5;
-    mock.script("flap", (0..rounds).flat_map(|_| [Behaviour::Status(500, None), Behaviour::Accept]));
+    mock.script(
+        "flap",
+        (0..rounds).flat_map(|_| [Behaviour::Status(500, None), Behaviour::Accept]),
+    );
     let gw = TestGateway::start(|c| {
         fast(c);
         c.dispatch.breaker_failures = 2;
@@ -355,12 +492,20 @@ async fn a_flapping_backend_gets_each_request_once_and_its_breaker_stays_closed(
     .await?;
     let mut dev = gw.device("flap-dev", "one-button").await?;
     for n in 0..rounds {
-        let (rid, v) = press_until(&gw, &mut dev, Gesture::Single, FeedbackState::Dispatched).await?;
+        let (rid, v) =
+            press_until(&gw, &mut dev, Gesture::Single, FeedbackState::Dispatched).await?;
         assert_eq!(v["backend"], "flap");
-        let statuses: Vec<u16> = hits_of(&mock, &rid, "flap").iter().map(|h| h.status).collect();
+        let statuses: Vec<u16> = hits_of(&mock, &rid, "flap")
+            .iter()
+            .map(|h| h.status)
+            .collect();
         assert_eq!(statuses, vec![500, 200], "press {n}");
         let m = Metrics::scrape(&gw).await?;
-        assert_eq!(m.value(CIRCUIT, &[("backend", "flap")]), 0.0, "one failure at a time never opens the circuit");
+        assert_eq!(
+            m.value(CIRCUIT, &[("backend", "flap")]),
+            0.0,
+            "one failure at a time never opens the circuit"
+        );
     }
     assert_eq!(mock.received_by("flap").len(), rounds);
     assert_eq!(mock.duplicates(), 0);
@@ -370,7 +515,8 @@ async fn a_flapping_backend_gets_each_request_once_and_its_breaker_stays_closed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_circuit_breaker_opens_spares_the_backend_and_closes_after_a_good_probe() -> Result<()> {
+async fn the_circuit_breaker_opens_spares_the_backend_and_closes_after_a_good_probe() -> Result<()>
+{
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     mock.set("cb", Behaviour::Status(503, None));
     let cooldown = 500i64;
@@ -385,7 +531,10 @@ async fn the_circuit_breaker_opens_spares_the_backend_and_closes_after_a_good_pr
     })
     .await?;
     let m = Metrics::scrape(&gw).await?;
-    assert!(m.has(CIRCUIT, &[("backend", "cb")]), "the gauge exists from the start");
+    assert!(
+        m.has(CIRCUIT, &[("backend", "cb")]),
+        "the gauge exists from the start"
+    );
     assert_eq!(m.value(CIRCUIT, &[("backend", "cb")]), 0.0);
     let mut dev = gw.device("cb-dev", "one-button").await?;
 
@@ -393,32 +542,66 @@ async fn the_circuit_breaker_opens_spares_the_backend_and_closes_after_a_good_pr
     let (rid1, v) = press_until(&gw, &mut dev, Gesture::Single, FeedbackState::Escalated).await?;
     assert_eq!(attempts(&v).len(), 3);
     let m = Metrics::scrape(&gw).await?;
-    assert_eq!(m.value(CIRCUIT, &[("backend", "cb")]), 1.0, "open after 3 failures");
+    assert_eq!(
+        m.value(CIRCUIT, &[("backend", "cb")]),
+        1.0,
+        "open after 3 failures"
+    );
     let opened_at = mock.hits().last().context("hits")?.arrived_ms;
 
     // While it is open the backend is spared: the next request goes straight to the desk.
     let (rid2, v) = press_until(&gw, &mut dev, Gesture::Single, FeedbackState::Escalated).await?;
-    assert!(attempts(&v).is_empty(), "no attempt while the circuit is open: {v}");
+    assert!(
+        attempts(&v).is_empty(),
+        "no attempt while the circuit is open: {v}"
+    );
     assert!(hits_of(&mock, &rid2, "cb").is_empty());
     let escalated2 = epoch_ms(v["escalated_at"].as_str().unwrap_or_default())?;
-    assert!(escalated2 < opened_at + cooldown, "failed over at once, not after the cooldown");
+    assert!(
+        escalated2 < opened_at + cooldown,
+        "failed over at once, not after the cooldown"
+    );
 
     // A taxi request (cb only) waits for the cooldown; its probe still fails and reopens the
     // circuit; after another cooldown the next probe succeeds and closes it.
     let taxi = dev.press("main", Gesture::Double).await?;
-    let probe1 = eventually("the first probe", || mock.hits().into_iter().find(|h| h.key != rid1)).await?;
+    let probe1 = eventually("the first probe", || {
+        mock.hits().into_iter().find(|h| h.key != rid1)
+    })
+    .await?;
     assert_eq!(probe1.status, 503);
-    assert!(probe1.arrived_ms >= opened_at + cooldown - 5, "probe {} ms after opening", probe1.arrived_ms - opened_at);
+    assert!(
+        probe1.arrived_ms >= opened_at + cooldown - 5,
+        "probe {} ms after opening",
+        probe1.arrived_ms - opened_at
+    );
     mock.set("cb", Behaviour::Accept);
     let m = Metrics::scrape(&gw).await?;
-    assert_eq!(m.value(CIRCUIT, &[("backend", "cb")]), 1.0, "a failed probe keeps it open");
-    let heard = dev.wait_for(&taxi, FeedbackState::Dispatched, WAIT).await.context("taxi dispatched")?;
+    assert_eq!(
+        m.value(CIRCUIT, &[("backend", "cb")]),
+        1.0,
+        "a failed probe keeps it open"
+    );
+    let heard = dev
+        .wait_for(&taxi, FeedbackState::Dispatched, WAIT)
+        .await
+        .context("taxi dispatched")?;
     let taxi_rid = heard[0].feedback.request.clone().context("request id")?;
     let probes = hits_of(&mock, &taxi_rid, "cb");
-    assert_eq!(probes.iter().map(|h| h.status).collect::<Vec<_>>(), vec![503, 200], "one probe per cooldown");
+    assert_eq!(
+        probes.iter().map(|h| h.status).collect::<Vec<_>>(),
+        vec![503, 200],
+        "one probe per cooldown"
+    );
     let gap = probes[1].arrived_ms - probes[0].arrived_ms;
-    assert!(gap >= cooldown - 5, "second probe {gap} ms after the first, cooldown {cooldown}");
-    let m = metrics_until(&gw, "the circuit to close", |m| m.value(CIRCUIT, &[("backend", "cb")]) == 0.0).await?;
+    assert!(
+        gap >= cooldown - 5,
+        "second probe {gap} ms after the first, cooldown {cooldown}"
+    );
+    let m = metrics_until(&gw, "the circuit to close", |m| {
+        m.value(CIRCUIT, &[("backend", "cb")]) == 0.0
+    })
+    .await?;
     assert_eq!(m.value(CIRCUIT, &[("backend", "cb")]), 0.0);
 
     // Closed again: the next rescue request goes to the backend first, not the desk.
@@ -455,13 +638,20 @@ async fn a_request_no_backend_takes_goes_to_the_desk_at_its_service_deadline() -
         .context("an escalated event")?;
     assert_eq!(escalation["detail"]["reason"], "deadline");
     let at = epoch_ms(escalation["at"].as_str().unwrap_or_default())?;
-    assert!((1000..1200).contains(&(at - created)), "escalated {} ms after creation; deadline 1000 ms", at - created);
+    assert!(
+        (1000..1200).contains(&(at - created)),
+        "escalated {} ms after creation; deadline 1000 ms",
+        at - created
+    );
     // No attempt ran past the deadline: the last one was cut to the time left.
     let tried = attempts(&v);
     assert!(tried.len() >= 3, "it kept trying until then: {tried:?}");
     for (_, n, result, started, elapsed) in &tried {
         assert_eq!(result, "timeout", "attempt {n}");
-        assert!(started + *elapsed as i64 <= created + 1000 + 50, "attempt {n} ran past the deadline");
+        assert!(
+            started + *elapsed as i64 <= created + 1000 + 50,
+            "attempt {n} ran past the deadline"
+        );
     }
     assert_eq!(hits_of(&mock, &rid, "dl").len(), tried.len());
     every_request_has_an_owner(&gw).await?;

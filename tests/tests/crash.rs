@@ -48,7 +48,9 @@ struct Record {
 /// Whether a device heard an answer naming a request for press `p` (what ends its
 /// retransmissions: `received`, or the request's later state).
 fn answered(rec: &Record, p: &str) -> bool {
-    rec.heard.get(p).is_some_and(|h| h.iter().any(|f| f.request.is_some()))
+    rec.heard
+        .get(p)
+        .is_some_and(|h| h.iter().any(|f| f.request.is_some()))
 }
 
 /// How many presses the devices have made, all together.
@@ -125,7 +127,10 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     let creds = gw.add_devices("crash-", DEVICES, "three-button")?;
     gw.start().await?;
 
-    let progress = Arc::new(Progress { claimed: watch::channel(0).0, recorded: watch::channel(0).0 });
+    let progress = Arc::new(Progress {
+        claimed: watch::channel(0).0,
+        recorded: watch::channel(0).0,
+    });
     let done = CancellationToken::new();
     let _stop_devices = done.clone().drop_guard();
     let (mut tasks, mut shared) = (Vec::new(), Vec::new());
@@ -134,9 +139,19 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
         // The contract's 5 s, shortened so a press lost with the gateway comes back quickly.
         cfg.retransmit = Duration::from_secs(1);
         let dev = SimDevice::connect(cfg).await?;
-        let rec = Arc::new(Mutex::new(Record { device: c.device_id.clone(), presses: Vec::new(), heard: HashMap::new() }));
+        let rec = Arc::new(Mutex::new(Record {
+            device: c.device_id.clone(),
+            presses: Vec::new(),
+            heard: HashMap::new(),
+        }));
         shared.push(rec.clone());
-        tasks.push(tokio::spawn(press_and_listen(dev, rec, progress.clone(), TOTAL, done.clone())));
+        tasks.push(tokio::spawn(press_and_listen(
+            dev,
+            rec,
+            progress.clone(),
+            TOTAL,
+            done.clone(),
+        )));
     }
 
     // Kill the gateway twice while the presses keep coming, restarting it on the same data.
@@ -160,7 +175,9 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     // journal; the devices keep listening meanwhile, and the count of those that heard it is
     // printed.
     let deadline = Instant::now() + Duration::from_secs(45);
-    tokio::time::timeout_at(deadline, recorded.wait_for(|n| *n >= TOTAL)).await.context("pressing did not finish")??;
+    tokio::time::timeout_at(deadline, recorded.wait_for(|n| *n >= TOTAL))
+        .await
+        .context("pressing did not finish")??;
     loop {
         let open = unanswered(&shared);
         let taken: HashSet<String> = mock.received().into_iter().map(|r| r.press_id).collect();
@@ -182,25 +199,45 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     }
     let records: Vec<Record> = shared
         .into_iter()
-        .map(|r| Arc::try_unwrap(r).map_err(|_| anyhow::anyhow!("a device task still holds its record")))
+        .map(|r| {
+            Arc::try_unwrap(r).map_err(|_| anyhow::anyhow!("a device task still holds its record"))
+        })
         .map(|r| r.map(|m| m.into_inner().expect("record")))
         .collect::<Result<_>>()?;
     let requests = {
         let (status, _) = gw.get("/readyz").await?;
         ensure!(status == 200, "the gateway is not ready at the end");
         gw.stop(Duration::from_secs(20)).await?;
-        list_requests(&gw.journal()?, &ListFilter { limit: u32::MAX, ..Default::default() })?
+        list_requests(
+            &gw.journal()?,
+            &ListFilter {
+                limit: u32::MAX,
+                ..Default::default()
+            },
+        )?
     };
     let owed = gw.outbox()?;
     if !owed.is_empty() {
         // What the journal, the backends and the logs know of them.
         let conn = gw.journal()?;
-        let views: Vec<_> = owed.iter().map(|id| yijian_gateway::store::read::get_request(&conn, id)).collect();
-        let hits: Vec<_> = mock.hits().into_iter().filter(|h| owed.contains(&h.key)).collect();
+        let views: Vec<_> = owed
+            .iter()
+            .map(|id| yijian_gateway::store::read::get_request(&conn, id))
+            .collect();
+        let hits: Vec<_> = mock
+            .hits()
+            .into_iter()
+            .filter(|h| owed.contains(&h.key))
+            .collect();
         let logs = gw.logs();
         let lines: Vec<&str> = logs
             .lines()
-            .filter(|l| l.starts_with("---") || l.contains("WARN") || l.contains("ERROR") || owed.iter().any(|id| l.contains(id.as_str())))
+            .filter(|l| {
+                l.starts_with("---")
+                    || l.contains("WARN")
+                    || l.contains("ERROR")
+                    || owed.iter().any(|id| l.contains(id.as_str()))
+            })
             .collect();
         anyhow::bail!(
             "the outbox still owes dispatches after a graceful stop: {owed:?}\n{views:#?}\nhits {hits:?}\nkills at {kills:?}\n{}",
@@ -213,46 +250,108 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     let mut without_received = Vec::new();
     for r in &records {
         for p in &r.presses {
-            let heard = r.heard.get(p).with_context(|| format!("{} heard nothing for press {p}", r.device))?;
+            let heard = r
+                .heard
+                .get(p)
+                .with_context(|| format!("{} heard nothing for press {p}", r.device))?;
             let named: HashSet<&str> = heard.iter().filter_map(|f| f.request.as_deref()).collect();
-            ensure!(named.len() == 1, "{} press {p}: the answers name {named:?}, not one request", r.device);
-            ensure!(heard.iter().all(|f| f.request.is_some()), "{} press {p}: an answer names no request: {heard:?}", r.device);
+            ensure!(
+                named.len() == 1,
+                "{} press {p}: the answers name {named:?}, not one request",
+                r.device
+            );
+            ensure!(
+                heard.iter().all(|f| f.request.is_some()),
+                "{} press {p}: an answer names no request: {heard:?}",
+                r.device
+            );
             let rid = named.into_iter().next().expect("one").to_owned();
             if !heard.iter().any(|f| f.state == FeedbackState::Received) {
                 without_received.push((p.clone(), rid.clone()));
             }
-            ensure!(sent_presses.insert(p.clone(), (r.device.clone(), rid)).is_none(), "press id {p} used twice");
+            ensure!(
+                sent_presses
+                    .insert(p.clone(), (r.device.clone(), rid))
+                    .is_none(),
+                "press id {p} used twice"
+            );
         }
     }
-    ensure!(sent_presses.len() as u64 == TOTAL, "{} presses sent, not {TOTAL}", sent_presses.len());
+    ensure!(
+        sent_presses.len() as u64 == TOTAL,
+        "{} presses sent, not {TOTAL}",
+        sent_presses.len()
+    );
 
     // The backends: exactly one request per press, one per Idempotency-Key, nothing else.
     let taken = mock.received();
     let mut by_press: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut by_key: HashMap<&str, u32> = HashMap::new();
     for t in &taken {
-        by_press.entry(t.press_id.as_str()).or_default().push(t.key.as_str());
+        by_press
+            .entry(t.press_id.as_str())
+            .or_default()
+            .push(t.key.as_str());
         *by_key.entry(t.key.as_str()).or_default() += 1;
     }
     let doubled_keys: Vec<_> = by_key.iter().filter(|(_, n)| **n > 1).collect();
-    ensure!(doubled_keys.is_empty(), "Idempotency-Keys taken more than once: {doubled_keys:?}");
+    ensure!(
+        doubled_keys.is_empty(),
+        "Idempotency-Keys taken more than once: {doubled_keys:?}"
+    );
     for (p, (device, rid)) in &sent_presses {
-        let keys = by_press.get(p.as_str()).map(Vec::as_slice).unwrap_or_default();
-        ensure!(keys == [rid.as_str()], "{device} press {p} (request {rid}) reached the backends as {keys:?}");
+        let keys = by_press
+            .get(p.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        ensure!(
+            keys == [rid.as_str()],
+            "{device} press {p} (request {rid}) reached the backends as {keys:?}"
+        );
     }
-    ensure!(taken.len() == sent_presses.len(), "{} requests at the backends for {} presses", taken.len(), sent_presses.len());
+    ensure!(
+        taken.len() == sent_presses.len(),
+        "{} requests at the backends for {} presses",
+        taken.len(),
+        sent_presses.len()
+    );
     let known: HashSet<&str> = by_key.keys().copied().collect();
-    let strays: Vec<_> = mock.hits().into_iter().filter(|h| !known.contains(h.key.as_str())).collect();
-    ensure!(strays.is_empty(), "attempts for requests no press made: {strays:?}");
+    let strays: Vec<_> = mock
+        .hits()
+        .into_iter()
+        .filter(|h| !known.contains(h.key.as_str()))
+        .collect();
+    ensure!(
+        strays.is_empty(),
+        "attempts for requests no press made: {strays:?}"
+    );
 
     // The journal agrees: one dispatched request per press, nothing else.
-    ensure!(requests.len() == sent_presses.len(), "{} requests journaled for {} presses", requests.len(), sent_presses.len());
+    ensure!(
+        requests.len() == sent_presses.len(),
+        "{} requests journaled for {} presses",
+        requests.len(),
+        sent_presses.len()
+    );
     let mut created_at = HashMap::new();
     for r in &requests {
-        let (device, rid) = sent_presses.get(&r.press.id).with_context(|| format!("journaled request for unknown press: {r:?}"))?;
-        ensure!(*rid == r.request_id && *device == r.device_id, "journal: {r:?} vs device {device} request {rid}");
-        ensure!(r.state == "dispatched", "request {} ended {}", r.request_id, r.state);
-        created_at.insert(r.request_id.clone(), r.created_at.parse::<jiff::Timestamp>()?.as_millisecond());
+        let (device, rid) = sent_presses
+            .get(&r.press.id)
+            .with_context(|| format!("journaled request for unknown press: {r:?}"))?;
+        ensure!(
+            *rid == r.request_id && *device == r.device_id,
+            "journal: {r:?} vs device {device} request {rid}"
+        );
+        ensure!(
+            r.state == "dispatched",
+            "request {} ended {}",
+            r.request_id,
+            r.state
+        );
+        created_at.insert(
+            r.request_id.clone(),
+            r.created_at.parse::<jiff::Timestamp>()?.as_millisecond(),
+        );
     }
 
     // Every press heard `received` — except one whose `received` died with a killed gateway
@@ -269,7 +368,11 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     let heard_dispatched = records
         .iter()
         .flat_map(|r| r.presses.iter().map(move |p| (r, p)))
-        .filter(|(r, p)| r.heard.get(*p).is_some_and(|h| h.iter().any(|f| f.state == FeedbackState::Dispatched)))
+        .filter(|(r, p)| {
+            r.heard
+                .get(*p)
+                .is_some_and(|h| h.iter().any(|f| f.state == FeedbackState::Dispatched))
+        })
         .count();
     eprintln!(
         "crash test: {} devices, {} presses in {:.1} s, {} kills; {} answered without `received` (lost with a kill); \
@@ -287,7 +390,8 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_in_flight_work_within_the_grace_and_leaves_the_rest_for_the_next_start() -> Result<()> {
+async fn sigterm_finishes_in_flight_work_within_the_grace_and_leaves_the_rest_for_the_next_start(
+) -> Result<()> {
     const GRACE: Duration = Duration::from_millis(2000);
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     // The taxi backend hangs past the grace; the rescue backend accepts well inside it.
@@ -303,14 +407,36 @@ async fn sigterm_finishes_in_flight_work_within_the_grace_and_leaves_the_rest_fo
     })?;
     let creds = gw.add_devices("term-", 2, "three-button")?;
     gw.start().await?;
-    let mut dev = SimDevice::connect(DeviceConfig::new(&creds[0].device_id, &creds[0].secret, gw.mqtt)).await?;
+    let mut dev = SimDevice::connect(DeviceConfig::new(
+        &creds[0].device_id,
+        &creds[0].secret,
+        gw.mqtt,
+    ))
+    .await?;
 
     let taxi = dev.press("green", Gesture::Single).await?;
-    let taxi_rid = dev.wait_for(&taxi, FeedbackState::Received, WAIT).await?[0].feedback.request.clone().context("request")?;
-    eventually("the taxi attempt to reach the hanging backend", || mock.hits().iter().any(|h| h.key == taxi_rid).then_some(())).await?;
+    let taxi_rid = dev.wait_for(&taxi, FeedbackState::Received, WAIT).await?[0]
+        .feedback
+        .request
+        .clone()
+        .context("request")?;
+    eventually("the taxi attempt to reach the hanging backend", || {
+        mock.hits().iter().any(|h| h.key == taxi_rid).then_some(())
+    })
+    .await?;
     let rescue = dev.press("red", Gesture::Single).await?;
-    let rescue_rid = dev.wait_for(&rescue, FeedbackState::Received, WAIT).await?[0].feedback.request.clone().context("request")?;
-    eventually("the rescue attempt to reach the slow backend", || mock.hits().iter().any(|h| h.key == rescue_rid).then_some(())).await?;
+    let rescue_rid = dev.wait_for(&rescue, FeedbackState::Received, WAIT).await?[0]
+        .feedback
+        .request
+        .clone()
+        .context("request")?;
+    eventually("the rescue attempt to reach the slow backend", || {
+        mock.hits()
+            .iter()
+            .any(|h| h.key == rescue_rid)
+            .then_some(())
+    })
+    .await?;
 
     // Both dispatches are in flight now.
     let term_at = Instant::now();
@@ -326,7 +452,12 @@ async fn sigterm_finishes_in_flight_work_within_the_grace_and_leaves_the_rest_fo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // ...and from then on a new device is refused, while the process is still finishing work.
-    let late = SimDevice::connect(DeviceConfig::new(&creds[1].device_id, &creds[1].secret, gw.mqtt)).await;
+    let late = SimDevice::connect(DeviceConfig::new(
+        &creds[1].device_id,
+        &creds[1].secret,
+        gw.mqtt,
+    ))
+    .await;
     ensure!(late.is_err(), "a device connected after SIGTERM");
     ensure!(
         term_at.elapsed() < GRACE && gw.is_running()?,
@@ -336,14 +467,33 @@ async fn sigterm_finishes_in_flight_work_within_the_grace_and_leaves_the_rest_fo
 
     let status = gw.wait_exit(GRACE + Duration::from_secs(10)).await?;
     let took = term_at.elapsed();
-    ensure!(status.success(), "exit status after SIGTERM: {status}\n{}", gw.log_tail(30));
-    ensure!(took >= GRACE, "exited {took:?} after SIGTERM: the hanging dispatch was not given the grace");
-    ensure!(took < GRACE + Duration::from_secs(5), "took {took:?} to stop with a {GRACE:?} grace");
-    ensure!(gw.log(1).contains("grace period over"), "the log does not say the grace ran out:\n{}", gw.log_tail(30));
+    ensure!(
+        status.success(),
+        "exit status after SIGTERM: {status}\n{}",
+        gw.log_tail(30)
+    );
+    ensure!(
+        took >= GRACE,
+        "exited {took:?} after SIGTERM: the hanging dispatch was not given the grace"
+    );
+    ensure!(
+        took < GRACE + Duration::from_secs(5),
+        "took {took:?} to stop with a {GRACE:?} grace"
+    );
+    ensure!(
+        gw.log(1).contains("grace period over"),
+        "the log does not say the grace ran out:\n{}",
+        gw.log_tail(30)
+    );
 
     // The slow dispatch finished inside the grace, and its device was told.
-    dev.wait_for(&rescue, FeedbackState::Dispatched, Duration::from_secs(5)).await?;
-    ensure!(gw.outbox()? == vec![taxi_rid.clone()], "the outbox after SIGTERM: {:?} (want only {taxi_rid})", gw.outbox()?);
+    dev.wait_for(&rescue, FeedbackState::Dispatched, Duration::from_secs(5))
+        .await?;
+    ensure!(
+        gw.outbox()? == vec![taxi_rid.clone()],
+        "the outbox after SIGTERM: {:?} (want only {taxi_rid})",
+        gw.outbox()?
+    );
 
     // The next start dispatches what was pending, once.
     mock.set("hang", Behaviour::Accept);
@@ -356,16 +506,35 @@ async fn sigterm_finishes_in_flight_work_within_the_grace_and_leaves_the_rest_fo
             ensure!(v["backend"] == "hang", "{v}");
             break;
         }
-        ensure!(Instant::now() < deadline, "{taxi_rid} not dispatched after the restart: {v}");
+        ensure!(
+            Instant::now() < deadline,
+            "{taxi_rid} not dispatched after the restart: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     gw.stop(Duration::from_secs(20)).await?;
     let taken = |key: &str| mock.received().into_iter().filter(|r| r.key == key).count();
-    assert_eq!(taken(&taxi_rid), 1, "the pending taxi reached its backend once");
+    assert_eq!(
+        taken(&taxi_rid),
+        1,
+        "the pending taxi reached its backend once"
+    );
     assert_eq!(taken(&rescue_rid), 1, "the rescue reached its backend once");
     let hits = |key: &str| mock.hits().into_iter().filter(|h| h.key == key).count();
-    assert_eq!(hits(&rescue_rid), 1, "the rescue finished before the stop: not replayed");
-    assert_eq!(hits(&taxi_rid), 2, "the taxi: the attempt cut off by the stop, then the replay");
-    ensure!(gw.outbox()?.is_empty(), "the outbox still owes: {:?}", gw.outbox()?);
+    assert_eq!(
+        hits(&rescue_rid),
+        1,
+        "the rescue finished before the stop: not replayed"
+    );
+    assert_eq!(
+        hits(&taxi_rid),
+        2,
+        "the taxi: the attempt cut off by the stop, then the replay"
+    );
+    ensure!(
+        gw.outbox()?.is_empty(),
+        "the outbox still owes: {:?}",
+        gw.outbox()?
+    );
     Ok(())
 }

@@ -44,33 +44,53 @@ async fn a_cancel_inside_the_window_reaches_the_backend_that_took_the_request() 
     .await?;
     let mut dev = gw.device("cancel-1", "one-button").await?;
     let press = dev.press("main", Gesture::Double).await?;
-    let heard = dev.wait_for(&press, FeedbackState::Dispatched, WAIT).await?;
+    let heard = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await?;
     let rid = heard[0].feedback.request.clone().expect("request id");
 
     let cancel = dev.press("main", Gesture::Long).await?;
-    let heard = dev.wait_for(&cancel, FeedbackState::Cancelled, WAIT).await?;
+    let heard = dev
+        .wait_for(&cancel, FeedbackState::Cancelled, WAIT)
+        .await?;
     assert_eq!(heard.last().unwrap().feedback.request.as_ref(), Some(&rid));
 
-    let got = eventually("the taxi backend's cancellation", || mock.cancels().into_iter().next()).await?;
+    let got = eventually("the taxi backend's cancellation", || {
+        mock.cancels().into_iter().next()
+    })
+    .await?;
     assert_eq!(got.backend, "taxi");
     assert_eq!(got.key, format!("{rid}:cancel"));
     assert_eq!(got.body["request_id"], json!(rid));
     assert_eq!(got.body["reason"], "cancelled_by_resident");
     assert_eq!(got.attempt, Some(2), "the 503 was retried");
     let hits = mock.cancel_hits();
-    assert!(hits.iter().all(|h| h.key == format!("{rid}:cancel")), "one key on every attempt: {hits:?}");
+    assert!(
+        hits.iter().all(|h| h.key == format!("{rid}:cancel")),
+        "one key on every attempt: {hits:?}"
+    );
 
-    let v = gw.wait_request(&rid, "the cancellation's outcome", |v| has(v, "backend_cancelled")).await?;
+    let v = gw
+        .wait_request(&rid, "the cancellation's outcome", |v| {
+            has(v, "backend_cancelled")
+        })
+        .await?;
     assert_eq!(v["state"], "cancelled");
     let kinds = history_kinds(&v);
     let at = |k: &str| kinds.iter().position(|x| x == k).unwrap_or(usize::MAX);
-    assert!(at("dispatched") < at("cancelled") && at("cancelled") < at("backend_cancel_queued"), "{kinds:?}");
+    assert!(
+        at("dispatched") < at("cancelled") && at("cancelled") < at("backend_cancel_queued"),
+        "{kinds:?}"
+    );
     assert_eq!(mock.cancels().len(), 1);
 
     // A cancel with nothing open left: nothing more reaches the backend.
     let again = dev.press("main", Gesture::Long).await?;
     let heard = dev.wait_for(&again, FeedbackState::Cancelled, WAIT).await?;
-    assert_eq!(heard.last().unwrap().feedback.reason.as_deref(), Some("no open request to cancel"));
+    assert_eq!(
+        heard.last().unwrap().feedback.reason.as_deref(),
+        Some("no open request to cancel")
+    );
     gw.stop().await;
     assert_eq!(mock.cancels().len(), 1);
     Ok(())
@@ -87,16 +107,23 @@ async fn a_cancel_after_the_window_leaves_the_request_alone() -> Result<()> {
     .await?;
     let mut dev = gw.device("late-1", "one-button").await?;
     let press = dev.press("main", Gesture::Triple).await?;
-    let heard = dev.wait_for(&press, FeedbackState::Dispatched, WAIT).await?;
+    let heard = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await?;
     let rid = heard[0].feedback.request.clone().expect("request id");
-    let created = gw.request(&rid).await?["created_at"].as_str().expect("created_at").to_owned();
+    let created = gw.request(&rid).await?["created_at"]
+        .as_str()
+        .expect("created_at")
+        .to_owned();
     let created = created.parse::<jiff::Timestamp>()?.as_millisecond();
     // The window is what is under test: wait until the request is older than it.
     while yijian_gateway::clock::now_ms() <= created + 1000 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cancel = dev.press("main", Gesture::Long).await?;
-    let heard = dev.wait_for(&cancel, FeedbackState::Cancelled, WAIT).await?;
+    let heard = dev
+        .wait_for(&cancel, FeedbackState::Cancelled, WAIT)
+        .await?;
     let fb = &heard.last().unwrap().feedback;
     assert_eq!(fb.request, None, "nothing was cancelled: {fb:?}");
     assert_eq!(fb.reason.as_deref(), Some("no open request to cancel"));
@@ -119,10 +146,17 @@ async fn a_cancel_of_a_rescue_on_its_way_is_flagged_for_an_operator() -> Result<
     gw.import_residents("residents.toml", RESIDENTS)?;
     let mut dev = gw.device_of("flag-1", "one-button", "r-2001").await?;
     let press = dev.press("main", Gesture::Single).await?;
-    let heard = dev.wait_for(&press, FeedbackState::Dispatched, WAIT).await?;
+    let heard = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await?;
     let rid = heard[0].feedback.request.clone().expect("request id");
     let (status, v) = gw
-        .call("POST", &format!("/api/v1/requests/{rid}/events"), Some(&backend_token("rescue")), Some(json!({"state": "en_route", "eta_s": 300})))
+        .call(
+            "POST",
+            &format!("/api/v1/requests/{rid}/events"),
+            Some(&backend_token("rescue")),
+            Some(json!({"state": "en_route", "eta_s": 300})),
+        )
         .await?;
     assert_eq!(status, 200, "{v}");
 
@@ -131,30 +165,59 @@ async fn a_cancel_of_a_rescue_on_its_way_is_flagged_for_an_operator() -> Result<
     let heard = dev.wait_for(&cancel, FeedbackState::EnRoute, WAIT).await?;
     let fb = &heard.last().unwrap().feedback;
     assert_eq!(fb.request.as_ref(), Some(&rid));
-    assert_eq!(fb.reason.as_deref(), Some(FLAGGED_REASON), "the device is told the truth");
+    assert_eq!(
+        fb.reason.as_deref(),
+        Some(FLAGGED_REASON),
+        "the device is told the truth"
+    );
     assert_eq!(fb.eta_s, Some(300));
     let v = gw.request(&rid).await?;
     assert_eq!(v["state"], "en_route");
     assert!(v["cancel_requested_at"].is_string(), "{v}");
-    assert!(has(&v, "cancel_requested") && !has(&v, "backend_cancel_queued"), "{v}");
-    assert_eq!(v["resident"]["phone"], "+86 138 0000 2001", "the operator has the number to call");
+    assert!(
+        has(&v, "cancel_requested") && !has(&v, "backend_cancel_queued"),
+        "{v}"
+    );
+    assert_eq!(
+        v["resident"]["phone"], "+86 138 0000 2001",
+        "the operator has the number to call"
+    );
     let (_, flagged) = gw.get("/api/v1/requests?cancel_requested=true").await?;
-    let ids: Vec<&str> = flagged["requests"].as_array().unwrap().iter().filter_map(|r| r["request_id"].as_str()).collect();
+    let ids: Vec<&str> = flagged["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["request_id"].as_str())
+        .collect();
     assert_eq!(ids, vec![rid.as_str()]);
     // The same cancel press retransmitted gets the same truthful answer.
-    dev.press_payload(&cancel, serde_json::to_vec(&json!({"id": cancel, "button": "main", "gesture": "long", "at": 1}))?).await?;
+    dev.press_payload(
+        &cancel,
+        serde_json::to_vec(&json!({"id": cancel, "button": "main", "gesture": "long", "at": 1}))?,
+    )
+    .await?;
     let again = dev.wait_for(&cancel, FeedbackState::EnRoute, WAIT).await?;
-    assert_eq!(again.last().unwrap().feedback.reason.as_deref(), Some(FLAGGED_REASON));
+    assert_eq!(
+        again.last().unwrap().feedback.reason.as_deref(),
+        Some(FLAGGED_REASON)
+    );
 
     // The operator calls, the resident confirms: the operator cancels, and the backend is told.
-    let (status, v) = gw.post(&format!("/api/v1/requests/{rid}/cancel"), json!({})).await?;
+    let (status, v) = gw
+        .post(&format!("/api/v1/requests/{rid}/cancel"), json!({}))
+        .await?;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["state"], "cancelled");
     dev.wait_for(&press, FeedbackState::Cancelled, WAIT).await?;
-    let got = eventually("the rescue backend's cancellation", || mock.cancels().into_iter().next()).await?;
+    let got = eventually("the rescue backend's cancellation", || {
+        mock.cancels().into_iter().next()
+    })
+    .await?;
     assert_eq!(got.key, format!("{rid}:cancel"));
     assert_eq!(got.body["reason"], "cancelled_by_operator");
-    let (status, _) = gw.post(&format!("/api/v1/requests/{rid}/cancel"), json!({})).await?;
+    let (status, _) = gw
+        .post(&format!("/api/v1/requests/{rid}/cancel"), json!({}))
+        .await?;
     assert_eq!(status, 409, "already cancelled");
     gw.stop().await;
     Ok(())
@@ -187,22 +250,48 @@ async fn an_escalated_rescue_notifies_the_contacts_even_across_a_restart() -> Re
     assert!(has(&v, "contacts_notify_queued"), "{v}");
     // Both notifications were tried and failed; stop the gateway with them still owed.
     eventually("both notifications tried", || {
-        let keys: std::collections::HashSet<String> =
-            mock.hits().into_iter().filter(|h| h.backend == "sms").map(|h| h.key).collect();
+        let keys: std::collections::HashSet<String> = mock
+            .hits()
+            .into_iter()
+            .filter(|h| h.backend == "sms")
+            .map(|h| h.key)
+            .collect();
         (keys.len() == 2).then_some(())
     })
     .await?;
     // A taxi going to the desk notifies nobody (the default policy is rescue only); a rescue
     // from a device with no resident says why nobody was notified.
     let taxi = dev.press("main", Gesture::Double).await?;
-    let taxi_rid = dev.wait_for(&taxi, FeedbackState::Escalated, WAIT).await?[0].feedback.request.clone().unwrap();
+    let taxi_rid = dev.wait_for(&taxi, FeedbackState::Escalated, WAIT).await?[0]
+        .feedback
+        .request
+        .clone()
+        .unwrap();
     let t = gw.request(&taxi_rid).await?;
-    assert!(!has(&t, "contacts_notify_queued") && !has(&t, "contacts_not_notified"), "{t}");
+    assert!(
+        !has(&t, "contacts_notify_queued") && !has(&t, "contacts_not_notified"),
+        "{t}"
+    );
     let lone = stranger.press("main", Gesture::Single).await?;
-    let lone_rid = stranger.wait_for(&lone, FeedbackState::Escalated, WAIT).await?[0].feedback.request.clone().unwrap();
+    let lone_rid = stranger
+        .wait_for(&lone, FeedbackState::Escalated, WAIT)
+        .await?[0]
+        .feedback
+        .request
+        .clone()
+        .unwrap();
     let l = gw.request(&lone_rid).await?;
-    let reason = l["history"].as_array().unwrap().iter().find(|e| e["kind"] == "contacts_not_notified").map(|e| e["detail"]["reason"].clone());
-    assert_eq!(reason, Some(json!("the device is bound to no resident on record")), "{l}");
+    let reason = l["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "contacts_not_notified")
+        .map(|e| e["detail"]["reason"].clone());
+    assert_eq!(
+        reason,
+        Some(json!("the device is bound to no resident on record")),
+        "{l}"
+    );
     gw.stop().await;
     assert!(mock.received_by("sms").is_empty());
 
@@ -210,19 +299,41 @@ async fn an_escalated_rescue_notifies_the_contacts_even_across_a_restart() -> Re
     mock.set("sms", Behaviour::Accept);
     let gw = TestGateway::start_with(config).await?;
     let v = gw
-        .wait_request(&rid, "both contacts notified", |v| history_kinds(v).iter().filter(|k| *k == "contact_notified").count() == 2)
+        .wait_request(&rid, "both contacts notified", |v| {
+            history_kinds(v)
+                .iter()
+                .filter(|k| *k == "contact_notified")
+                .count()
+                == 2
+        })
         .await?;
     let sms = mock.received_by("sms");
     assert_eq!(sms.len(), 2, "{sms:?}");
     let mut keys: Vec<&str> = sms.iter().map(|r| r.key.as_str()).collect();
     keys.sort();
-    assert_eq!(keys, vec![format!("{rid}:notify:1"), format!("{rid}:notify:2")]);
-    assert!(sms.iter().all(|r| r.attempt.unwrap_or(0) > 1), "attempt numbers continue after the restart: {sms:?}");
+    assert_eq!(
+        keys,
+        vec![format!("{rid}:notify:1"), format!("{rid}:notify:2")]
+    );
+    assert!(
+        sms.iter().all(|r| r.attempt.unwrap_or(0) > 1),
+        "attempt numbers continue after the restart: {sms:?}"
+    );
     let son = sms.iter().find(|r| r.key.ends_with(":notify:1")).unwrap();
-    assert_eq!(son.body["to"], json!({"name": "Chen Jun", "phone": "+86 139 0000 2002", "relation": "son"}));
+    assert_eq!(
+        son.body["to"],
+        json!({"name": "Chen Jun", "phone": "+86 139 0000 2002", "relation": "son"})
+    );
     assert_eq!(son.body["resident"]["name"], "Chen Guiying");
     assert_eq!(son.body["reason"], "refused");
-    assert!(son.body["message"].as_str().unwrap().starts_with("Chen Guiying (Flat 4, 9 Lane 200, Jing'an) pressed the rescue button"), "{}", son.body);
+    assert!(
+        son.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Chen Guiying (Flat 4, 9 Lane 200, Jing'an) pressed the rescue button"),
+        "{}",
+        son.body
+    );
     let mut notified: Vec<&str> = v["history"]
         .as_array()
         .unwrap()
@@ -231,8 +342,15 @@ async fn an_escalated_rescue_notifies_the_contacts_even_across_a_restart() -> Re
         .filter_map(|e| e["detail"]["to"]["name"].as_str())
         .collect();
     notified.sort();
-    assert_eq!(notified, vec!["Chen Jun", "Neighbour Sun"], "the history names who was told");
-    assert_eq!(v["state"], "escalated", "notifications do not change the request");
+    assert_eq!(
+        notified,
+        vec!["Chen Jun", "Neighbour Sun"],
+        "the history names who was told"
+    );
+    assert_eq!(
+        v["state"], "escalated",
+        "notifications do not change the request"
+    );
     gw.stop().await;
     Ok(())
 }

@@ -10,7 +10,8 @@ use yijian_device_sim::{MockBackends, SimDevice};
 use yijian_gateway::rules::reload::Outcome;
 use yijian_tests::*;
 
-const FALLBACK: &str = "[fallback]\nname = \"fallback\"\nservice = \"rescue\"\npriority = \"urgent\"\n";
+const FALLBACK: &str =
+    "[fallback]\nname = \"fallback\"\nservice = \"rescue\"\npriority = \"urgent\"\n";
 
 fn clock(m: u16) -> String {
     format!("{:02}:{:02}", (m % 1440) / 60, m % 60)
@@ -18,7 +19,11 @@ fn clock(m: u16) -> String {
 
 /// A window of an hour around minute `m` of the day.
 fn around(m: u16) -> String {
-    format!("{}-{}", clock((m + 1440 - 30) % 1440), clock((m + 30) % 1440))
+    format!(
+        "{}-{}",
+        clock((m + 1440 - 30) % 1440),
+        clock((m + 30) % 1440)
+    )
 }
 
 fn epoch_ms() -> i64 {
@@ -26,12 +31,21 @@ fn epoch_ms() -> i64 {
 }
 
 /// Press with an explicit device timestamp and wait for `received`: (request id, service).
-async fn press_at(dev: &mut SimDevice, id: &str, gesture: &str, at: i64) -> Result<(String, String)> {
-    let payload = serde_json::to_vec(&json!({"id": id, "button": "main", "gesture": gesture, "at": at}))?;
+async fn press_at(
+    dev: &mut SimDevice,
+    id: &str,
+    gesture: &str,
+    at: i64,
+) -> Result<(String, String)> {
+    let payload =
+        serde_json::to_vec(&json!({"id": id, "button": "main", "gesture": gesture, "at": at}))?;
     dev.press_payload(id, payload).await?;
     let heard = dev.wait_for(id, FeedbackState::Received, WAIT).await?;
     let fb = &heard.last().expect("received was heard").feedback;
-    Ok((fb.request.clone().expect("received names the request"), fb.service.expect("and its service").to_string()))
+    Ok((
+        fb.request.clone().expect("received names the request"),
+        fb.service.expect("and its service").to_string(),
+    ))
 }
 
 fn write_rules(dir: &Path, files: &[(&str, &str)]) -> Result<()> {
@@ -78,16 +92,32 @@ async fn time_windows_are_each_residents_local_time() -> Result<()> {
     let (sh_rid, sh_service) = press_at(&mut sh, "tz-sh-1", "single", at).await?;
     let (ny_rid, ny_service) = press_at(&mut ny, "tz-ny-1", "single", at).await?;
     let (no_rid, no_service) = press_at(&mut nobody, "tz-none-1", "single", at).await?;
-    assert_eq!((sh_service.as_str(), ny_service.as_str(), no_service.as_str()), ("hospital", "taxi", "hospital"));
-    assert_eq!(gw.request(&sh_rid).await?["rule"], "an hour around now in Shanghai");
-    assert_eq!(gw.request(&ny_rid).await?["rule"], "an hour around now in New York");
+    assert_eq!(
+        (
+            sh_service.as_str(),
+            ny_service.as_str(),
+            no_service.as_str()
+        ),
+        ("hospital", "taxi", "hospital")
+    );
+    assert_eq!(
+        gw.request(&sh_rid).await?["rule"],
+        "an hour around now in Shanghai"
+    );
+    assert_eq!(
+        gw.request(&ny_rid).await?["rule"],
+        "an hour around now in New York"
+    );
     let none = gw.request(&no_rid).await?;
     assert_eq!(none["tags"], json!(["resident_unknown"]), "{none}");
 
     // A press is judged by when it was pressed (the device's `at`), not when it arrived: the
     // same New York device pressing six hours ago is outside both windows.
     let (_, old_service) = press_at(&mut ny, "tz-ny-2", "single", at - 6 * 3600 * 1000).await?;
-    assert_eq!(old_service, "rescue", "neither window: the fallback decides");
+    assert_eq!(
+        old_service, "rescue",
+        "neither window: the fallback decides"
+    );
 
     // Rebinding a running device to a resident in another zone takes effect without a restart.
     let mut utc = gw.device_of("tz-utc", "one-button", "r-utc").await?;
@@ -102,7 +132,10 @@ async fn time_windows_are_each_residents_local_time() -> Result<()> {
             break gw.request(&rid).await?;
         }
     };
-    assert_eq!(rebound["rule"], "an hour around now in New York", "the binding moved: {rebound}");
+    assert_eq!(
+        rebound["rule"], "an hour around now in New York",
+        "the binding moved: {rebound}"
+    );
     assert_eq!(rebound["resident_id"], "r-ny");
     gw.stop().await;
     Ok(())
@@ -128,8 +161,13 @@ tags = ["wheelchair_accessible"]
 async fn imported_attributes_route_and_the_backend_gets_the_resident() -> Result<()> {
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     let rules = tempfile::tempdir()?;
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/default.toml"))?;
-    write_rules(rules.path(), &[("10-site.toml", SITE_RULES), ("20-default.toml", &shipped)])?;
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/default.toml"),
+    )?;
+    write_rules(
+        rules.path(),
+        &[("10-site.toml", SITE_RULES), ("20-default.toml", &shipped)],
+    )?;
     let dir = rules.path().to_owned();
     let gw = TestGateway::start(|c| {
         c.rules.dir = Some(dir);
@@ -141,16 +179,24 @@ async fn imported_attributes_route_and_the_backend_gets_the_resident() -> Result
     assert!(printed.starts_with("imported 2 resident(s)"), "{printed}");
     let mut wheelchair = gw.device_of("attr-1", "one-button", "r-1001").await?;
     let mut walker = gw.device_of("attr-2", "one-button", "r-1002").await?;
-    let mut nobody = gw.device_of("attr-3", "one-button", "r-not-imported").await?;
+    let mut nobody = gw
+        .device_of("attr-3", "one-button", "r-not-imported")
+        .await?;
 
     let mut rids = Vec::new();
     for dev in [&mut wheelchair, &mut walker, &mut nobody] {
         let press = dev.press("main", Gesture::Double).await?;
-        let heard = dev.wait_for(&press, FeedbackState::Dispatched, WAIT).await?;
+        let heard = dev
+            .wait_for(&press, FeedbackState::Dispatched, WAIT)
+            .await?;
         rids.push(heard[0].feedback.request.clone().expect("request id"));
     }
     let body = |rid: &str| -> Value {
-        mock.received_by("taxi").into_iter().find(|r| r.key == rid).map(|r| r.body).unwrap_or(Value::Null)
+        mock.received_by("taxi")
+            .into_iter()
+            .find(|r| r.key == rid)
+            .map(|r| r.body)
+            .unwrap_or(Value::Null)
     };
 
     let w = gw.request(&rids[0]).await?;
@@ -169,10 +215,17 @@ async fn imported_attributes_route_and_the_backend_gets_the_resident() -> Result
         }),
         "DESIGN §4's resident block, attributes kept out"
     );
-    assert_eq!(w["resident"]["attributes"]["lives_alone"], json!(true), "operators see the whole record: {w}");
+    assert_eq!(
+        w["resident"]["attributes"]["lives_alone"],
+        json!(true),
+        "operators see the whole record: {w}"
+    );
 
     let l = gw.request(&rids[1]).await?;
-    assert_eq!(l["rule"], "one-button: double press calls a taxi", "walker is not wheelchair");
+    assert_eq!(
+        l["rule"], "one-button: double press calls a taxi",
+        "walker is not wheelchair"
+    );
     assert_eq!(l["tags"], json!([]));
     assert_eq!(body(&rids[1])["resident"]["name"], "Li Hua");
     assert_eq!(body(&rids[1])["resident"]["location"], Value::Null);
@@ -219,7 +272,11 @@ fn swap_link(link: &Path, target: &Path) -> Result<()> {
 
 fn reload_counter(metrics: &str, result: &str) -> f64 {
     let needle = format!("yijian_rules_reload_total{{result=\"{result}\"}} ");
-    metrics.lines().find_map(|l| l.strip_prefix(&needle)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +284,11 @@ async fn rules_reload_under_load_and_every_press_sees_one_whole_set() -> Result<
     // rules/current -> a | b: each swap replaces both files at once, and the watcher and the
     // explicit reloads read through the link while it flips.
     let root = tempfile::tempdir()?;
-    let (a, b, current) = (root.path().join("a"), root.path().join("b"), root.path().join("current"));
+    let (a, b, current) = (
+        root.path().join("a"),
+        root.path().join("b"),
+        root.path().join("current"),
+    );
     std::fs::create_dir(&a)?;
     std::fs::create_dir(&b)?;
     write_set(&a, &set_a())?;
@@ -250,7 +311,10 @@ async fn rules_reload_under_load_and_every_press_sees_one_whole_set() -> Result<
     for d in devices.iter_mut() {
         let p = d.press("main", Gesture::Double).await?;
         let heard = d.wait_for(&p, FeedbackState::Received, WAIT).await?;
-        assert_eq!(heard[0].feedback.service.map(|s| s.to_string()).as_deref(), Some("taxi"));
+        assert_eq!(
+            heard[0].feedback.service.map(|s| s.to_string()).as_deref(),
+            Some("taxi")
+        );
     }
 
     // Presses flow from four devices while the sets are swapped forty times, both by explicit
@@ -295,7 +359,10 @@ async fn rules_reload_under_load_and_every_press_sees_one_whole_set() -> Result<
     for d in devices.iter_mut() {
         let p = d.press("main", Gesture::Double).await?;
         let heard = d.wait_for(&p, FeedbackState::Received, WAIT).await?;
-        assert_eq!(heard[0].feedback.service.map(|s| s.to_string()).as_deref(), Some("welfare_check"));
+        assert_eq!(
+            heard[0].feedback.service.map(|s| s.to_string()).as_deref(),
+            Some("welfare_check")
+        );
     }
 
     let (_, list) = gw.get("/api/v1/requests?limit=1000").await?;
@@ -303,7 +370,10 @@ async fn rules_reload_under_load_and_every_press_sees_one_whole_set() -> Result<
     assert_eq!(list.len(), 4 + 100 + 4);
     let mut by_rule: BTreeMap<String, usize> = BTreeMap::new();
     for r in &list {
-        let (rule, service) = (r["rule"].as_str().unwrap_or_default(), r["service"].as_str().unwrap_or_default());
+        let (rule, service) = (
+            r["rule"].as_str().unwrap_or_default(),
+            r["service"].as_str().unwrap_or_default(),
+        );
         match rule {
             "A: double taxi" => assert_eq!(service, "taxi"),
             "B: double welfare" => assert_eq!(service, "welfare_check"),
@@ -317,7 +387,8 @@ async fn rules_reload_under_load_and_every_press_sees_one_whole_set() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_rule_set_is_refused_and_a_valid_one_is_picked_up_from_the_files() -> Result<()> {
+async fn an_invalid_rule_set_is_refused_and_a_valid_one_is_picked_up_from_the_files() -> Result<()>
+{
     let rules = tempfile::tempdir()?;
     write_set(rules.path(), &set_a())?;
     let dir = rules.path().to_owned();
@@ -340,11 +411,20 @@ async fn an_invalid_rule_set_is_refused_and_a_valid_one_is_picked_up_from_the_fi
     // A typo: refused whole, the old rules keep deciding, the failure is counted.
     write_rules(rules.path(), &[("10-first.toml", "[[rule]]\nname = \"typo\"\ngestures = \"double\"\nservice = \"taxi\"\npriority = \"routine\"\n")])?;
     let outcome = gw.gw.reload_rules("test").await;
-    let Outcome::Refused(why) = outcome else { panic!("an invalid set must be refused: {outcome:?}") };
-    assert!(why.contains("10-first.toml:3:1: error: unknown key `gestures`"), "{why}");
+    let Outcome::Refused(why) = outcome else {
+        panic!("an invalid set must be refused: {outcome:?}")
+    };
+    assert!(
+        why.contains("10-first.toml:3:1: error: unknown key `gestures`"),
+        "{why}"
+    );
     let p = dev.press("main", Gesture::Double).await?;
     let heard = dev.wait_for(&p, FeedbackState::Received, WAIT).await?;
-    assert_eq!(heard[0].feedback.service.map(|s| s.to_string()).as_deref(), Some("taxi"), "set A still decides");
+    assert_eq!(
+        heard[0].feedback.service.map(|s| s.to_string()).as_deref(),
+        Some("taxi"),
+        "set A still decides"
+    );
     assert!(reload_counter(&metrics_text(&gw).await?, "invalid") >= invalid_before + 1.0);
 
     // Fixing the files is enough: the watcher notices, checks and swaps in the new set.
@@ -353,7 +433,10 @@ async fn an_invalid_rule_set_is_refused_and_a_valid_one_is_picked_up_from_the_fi
     tokio::time::timeout(WAIT, status.wait_for(|s| s.generation > generation)).await??;
     let p = dev.press("main", Gesture::Double).await?;
     let heard = dev.wait_for(&p, FeedbackState::Received, WAIT).await?;
-    assert_eq!(heard[0].feedback.service.map(|s| s.to_string()).as_deref(), Some("welfare_check"));
+    assert_eq!(
+        heard[0].feedback.service.map(|s| s.to_string()).as_deref(),
+        Some("welfare_check")
+    );
     gw.stop().await;
     Ok(())
 }

@@ -16,7 +16,12 @@ use yijian_tests::*;
 use yijian_wire::topic::{self, Kind};
 
 /// Connect a bare MQTT client and report whether the broker accepted it.
-async fn connect_raw(addr: SocketAddr, client_id: &str, creds: Option<(&str, &str)>, will: Option<LastWill>) -> Result<(), String> {
+async fn connect_raw(
+    addr: SocketAddr,
+    client_id: &str,
+    creds: Option<(&str, &str)>,
+    will: Option<LastWill>,
+) -> Result<(), String> {
     let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
     if let Some((u, p)) = creds {
         o.set_credentials(u, p);
@@ -34,11 +39,16 @@ async fn connect_raw(addr: SocketAddr, client_id: &str, creds: Option<(&str, &st
             }
         }
     };
-    tokio::time::timeout(WAIT, first).await.map_err(|_| "no answer".to_owned())?
+    tokio::time::timeout(WAIT, first)
+        .await
+        .map_err(|_| "no answer".to_owned())?
 }
 
 fn press_json(id: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"id": id, "button": "main", "gesture": "single", "at": 1_764_324_000_123i64})).unwrap()
+    serde_json::to_vec(
+        &json!({"id": id, "button": "main", "gesture": "single", "at": 1_764_324_000_123i64}),
+    )
+    .unwrap()
 }
 
 async fn all_requests(gw: &TestGateway) -> Result<Vec<Value>> {
@@ -49,36 +59,55 @@ async fn all_requests(gw: &TestGateway) -> Result<Vec<Value>> {
 
 fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_publishing_outside_its_own_topics_is_disconnected_and_nothing_is_dispatched() -> Result<()> {
+async fn a_device_publishing_outside_its_own_topics_is_disconnected_and_nothing_is_dispatched(
+) -> Result<()> {
     let gw = TestGateway::start(|_| {}).await?;
     let mut victim = gw.device("iso-b", "one-button").await?;
     let forged = [
-        "yijian/v1/devices/iso-b/press",    // another device's press: would book its taxi
-        "yijian/v1/devices/iso-b/status",   // another device's status: would mark it offline
+        "yijian/v1/devices/iso-b/press", // another device's press: would book its taxi
+        "yijian/v1/devices/iso-b/status", // another device's status: would mark it offline
         "yijian/v1/devices/iso-a0/feedback", // its own feedback: only the gateway speaks there
         "yijian/v1/devices/iso-b/feedback", // another device's feedback: a false "help is coming"
         "yijian/v1/other",
     ];
     for (i, t) in forged.iter().enumerate() {
         let attacker = gw.device(&format!("iso-a{i}"), "one-button").await?;
-        attacker.publish_to(t, press_json(&format!("forged-{i}"))).await?;
-        assert!(attacker.wait_disconnected(WAIT).await, "publishing to {t} must close the connection");
+        attacker
+            .publish_to(t, press_json(&format!("forged-{i}")))
+            .await?;
+        assert!(
+            attacker.wait_disconnected(WAIT).await,
+            "publishing to {t} must close the connection"
+        );
     }
     // The victim's own press still works, and it is the only request there is.
     let p = victim.press("main", yijian_wire::Gesture::Single).await?;
     let heard = victim.wait_for(&p, FeedbackState::Escalated, WAIT).await?;
-    assert!(heard.iter().all(|h| h.feedback.press.as_deref() == Some(p.as_str())), "the victim heard only its own press");
+    assert!(
+        heard
+            .iter()
+            .all(|h| h.feedback.press.as_deref() == Some(p.as_str())),
+        "the victim heard only its own press"
+    );
     let reqs = all_requests(&gw).await?;
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(reqs[0]["device_id"], "iso-b");
     assert_eq!(reqs[0]["press"]["id"], json!(p));
-    let (_, d) = gw.call("GET", "/api/v1/devices/iso-b", Some(&gw.admin_token), None).await?;
-    assert_eq!(d["online"], true, "the forged status did not mark the victim offline: {d}");
+    let (_, d) = gw
+        .call("GET", "/api/v1/devices/iso-b", Some(&gw.admin_token), None)
+        .await?;
+    assert_eq!(
+        d["online"], true,
+        "the forged status did not mark the victim offline: {d}"
+    );
     gw.stop().await;
     Ok(())
 }
@@ -86,18 +115,31 @@ async fn a_device_publishing_outside_its_own_topics_is_disconnected_and_nothing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_subscribing_beyond_its_own_feedback_is_disconnected() -> Result<()> {
     let gw = TestGateway::start(|_| {}).await?;
-    for (i, filter) in ["yijian/v1/devices/+/feedback", "#", "yijian/v1/devices/sub-x/feedback", "yijian/v1/devices/+/press", "yijian/#"]
-        .iter()
-        .enumerate()
+    for (i, filter) in [
+        "yijian/v1/devices/+/feedback",
+        "#",
+        "yijian/v1/devices/sub-x/feedback",
+        "yijian/v1/devices/+/press",
+        "yijian/#",
+    ]
+    .iter()
+    .enumerate()
     {
         let d = gw.device(&format!("sub-{i}"), "one-button").await?;
         d.subscribe_to(filter).await?;
-        assert!(d.wait_disconnected(WAIT).await, "subscribing to {filter} must close the connection");
+        assert!(
+            d.wait_disconnected(WAIT).await,
+            "subscribing to {filter} must close the connection"
+        );
     }
     // Its own feedback topic is fine (the simulator subscribes to it at every connect).
     let own = gw.device("sub-ok", "one-button").await?;
-    own.subscribe_to(&topic::topic("sub-ok", Kind::Feedback)).await?;
-    assert!(!own.wait_disconnected(Duration::from_millis(300)).await, "its own feedback topic is allowed");
+    own.subscribe_to(&topic::topic("sub-ok", Kind::Feedback))
+        .await?;
+    assert!(
+        !own.wait_disconnected(Duration::from_millis(300)).await,
+        "its own feedback topic is allowed"
+    );
     gw.stop().await;
     Ok(())
 }
@@ -109,22 +151,57 @@ async fn bad_credentials_are_refused_at_connect() -> Result<()> {
     let other = gw.add_device("auth-2", "one-button")?;
     let m = gw.mqtt;
     let cases: Vec<(&str, Result<(), String>)> = vec![
-        ("wrong password", connect_raw(m, "auth-1", Some(("auth-1", &"0".repeat(32))), None).await),
-        ("unknown device", connect_raw(m, "nobody", Some(("nobody", &secret)), None).await),
-        ("empty password", connect_raw(m, "auth-1", Some(("auth-1", "")), None).await),
+        (
+            "wrong password",
+            connect_raw(m, "auth-1", Some(("auth-1", &"0".repeat(32))), None).await,
+        ),
+        (
+            "unknown device",
+            connect_raw(m, "nobody", Some(("nobody", &secret)), None).await,
+        ),
+        (
+            "empty password",
+            connect_raw(m, "auth-1", Some(("auth-1", "")), None).await,
+        ),
         ("no credentials", connect_raw(m, "auth-1", None, None).await),
-        ("client id != username", connect_raw(m, "auth-1", Some(("auth-2", &other)), None).await),
-        ("another device's secret", connect_raw(m, "auth-1", Some(("auth-1", &other)), None).await),
-        ("gateway account with a device secret", connect_raw(m, "yijian.gateway.press", Some(("yijian.gateway.press", &secret)), None).await),
-        ("evictor account with a device secret", connect_raw(m, "auth-1", Some(("yijian.gateway.evict", &secret)), None).await),
-        ("invalid client id", connect_raw(m, "a/b", Some(("a/b", &secret)), None).await),
+        (
+            "client id != username",
+            connect_raw(m, "auth-1", Some(("auth-2", &other)), None).await,
+        ),
+        (
+            "another device's secret",
+            connect_raw(m, "auth-1", Some(("auth-1", &other)), None).await,
+        ),
+        (
+            "gateway account with a device secret",
+            connect_raw(
+                m,
+                "yijian.gateway.press",
+                Some(("yijian.gateway.press", &secret)),
+                None,
+            )
+            .await,
+        ),
+        (
+            "evictor account with a device secret",
+            connect_raw(m, "auth-1", Some(("yijian.gateway.evict", &secret)), None).await,
+        ),
+        (
+            "invalid client id",
+            connect_raw(m, "a/b", Some(("a/b", &secret)), None).await,
+        ),
         (
             "last will on another device's topic",
             connect_raw(
                 m,
                 "auth-1",
                 Some(("auth-1", &secret)),
-                Some(LastWill::new(topic::topic("auth-2", Kind::Status), r#"{"online":false}"#, QoS::AtLeastOnce, true)),
+                Some(LastWill::new(
+                    topic::topic("auth-2", Kind::Status),
+                    r#"{"online":false}"#,
+                    QoS::AtLeastOnce,
+                    true,
+                )),
             )
             .await,
         ),
@@ -132,7 +209,9 @@ async fn bad_credentials_are_refused_at_connect() -> Result<()> {
     for (what, r) in cases {
         assert!(r.is_err(), "{what} must be refused");
     }
-    connect_raw(m, "auth-1", Some(("auth-1", &secret)), None).await.map_err(|e| anyhow!("the right secret connects: {e}"))?;
+    connect_raw(m, "auth-1", Some(("auth-1", &secret)), None)
+        .await
+        .map_err(|e| anyhow!("the right secret connects: {e}"))?;
     gw.stop().await;
     Ok(())
 }
@@ -148,12 +227,28 @@ async fn a_revoked_device_is_disconnected_and_refused() -> Result<()> {
     // What `yijian-gateway devices revoke rev-1` does, against the running gateway's journal.
     let mut out = Vec::new();
     lifecycle::cli_revoke(&gw.config, "rev-1", &mut out)?;
-    assert!(dev.wait_disconnected(WAIT).await, "the live connection is dropped");
+    assert!(
+        dev.wait_disconnected(WAIT).await,
+        "the live connection is dropped"
+    );
     drop(dev);
-    assert!(connect_raw(gw.mqtt, "rev-1", Some(("rev-1", &secret)), None).await.is_err(), "and it cannot come back");
-    assert!(lifecycle::cli_revoke(&gw.config, "rev-1", &mut out).is_err(), "revoking twice says so");
-    assert!(lifecycle::rotate(&gw.config.db_path(), "rev-1").is_err(), "a revoked device gets no new secret");
-    let (_, d) = gw.call("GET", "/api/v1/devices/rev-1", Some(&gw.admin_token), None).await?;
+    assert!(
+        connect_raw(gw.mqtt, "rev-1", Some(("rev-1", &secret)), None)
+            .await
+            .is_err(),
+        "and it cannot come back"
+    );
+    assert!(
+        lifecycle::cli_revoke(&gw.config, "rev-1", &mut out).is_err(),
+        "revoking twice says so"
+    );
+    assert!(
+        lifecycle::rotate(&gw.config.db_path(), "rev-1").is_err(),
+        "a revoked device gets no new secret"
+    );
+    let (_, d) = gw
+        .call("GET", "/api/v1/devices/rev-1", Some(&gw.admin_token), None)
+        .await?;
     assert!(d["revoked_at"].is_i64(), "{d}");
     gw.stop().await;
     Ok(())
@@ -166,21 +261,43 @@ async fn a_rotated_secret_replaces_the_old_one_at_once() -> Result<()> {
     let dev = SimDevice::connect(DeviceConfig::new("rot-1", &old, gw.mqtt)).await?;
     let mut out = Vec::new();
     lifecycle::cli_rotate(&gw.config, "rot-1", true, &mut out)?;
-    let new = serde_json::from_slice::<Value>(&out)?["secret"].as_str().unwrap().to_owned();
+    let new = serde_json::from_slice::<Value>(&out)?["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_ne!(new, old);
-    assert!(dev.wait_disconnected(WAIT).await, "the connection made with the old secret is dropped");
+    assert!(
+        dev.wait_disconnected(WAIT).await,
+        "the connection made with the old secret is dropped"
+    );
     drop(dev);
-    assert!(connect_raw(gw.mqtt, "rot-1", Some(("rot-1", &old)), None).await.is_err(), "the old secret is refused");
+    assert!(
+        connect_raw(gw.mqtt, "rot-1", Some(("rot-1", &old)), None)
+            .await
+            .is_err(),
+        "the old secret is refused"
+    );
     let mut dev = SimDevice::connect(DeviceConfig::new("rot-1", &new, gw.mqtt)).await?;
     let p = dev.press("main", yijian_wire::Gesture::Single).await?;
     dev.wait_for(&p, FeedbackState::Escalated, WAIT).await?;
     // The admin API rotates the same way.
-    let (status, v) = gw.call("POST", "/api/v1/devices/rot-1/rotate", Some(&gw.admin_token), None).await?;
+    let (status, v) = gw
+        .call(
+            "POST",
+            "/api/v1/devices/rot-1/rotate",
+            Some(&gw.admin_token),
+            None,
+        )
+        .await?;
     assert_eq!(status, 200, "{v}");
     assert!(dev.wait_disconnected(WAIT).await);
     let newer = v["secret"].as_str().unwrap();
-    assert!(connect_raw(gw.mqtt, "rot-1", Some(("rot-1", &new)), None).await.is_err());
-    connect_raw(gw.mqtt, "rot-1", Some(("rot-1", newer)), None).await.map_err(|e| anyhow!("newest secret: {e}"))?;
+    assert!(connect_raw(gw.mqtt, "rot-1", Some(("rot-1", &new)), None)
+        .await
+        .is_err());
+    connect_raw(gw.mqtt, "rot-1", Some(("rot-1", newer)), None)
+        .await
+        .map_err(|e| anyhow!("newest secret: {e}"))?;
     gw.stop().await;
     Ok(())
 }
@@ -197,13 +314,22 @@ impl Pki {
         let ca_key = rcgen::KeyPair::generate()?;
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, "Yijian test devices CA");
-        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "Yijian test devices CA");
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
         let ca = p.self_signed(&ca_key)?;
-        let pki = Pki { dir: tempfile::tempdir()?, ca, ca_key };
+        let pki = Pki {
+            dir: tempfile::tempdir()?,
+            ca,
+            ca_key,
+        };
         std::fs::write(pki.path("ca.pem"), pki.ca.pem())?;
         let key = rcgen::KeyPair::generate()?;
-        let mut s = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        let mut s =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
         s.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let cert = s.signed_by(&key, &pki.ca, &pki.ca_key)?;
         std::fs::write(pki.path("server.pem"), cert.pem())?;
@@ -221,7 +347,11 @@ impl Pki {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = if by_ca { p.signed_by(&key, &self.ca, &self.ca_key)? } else { p.self_signed(&key)? };
+        let cert = if by_ca {
+            p.signed_by(&key, &self.ca, &self.ca_key)?
+        } else {
+            p.self_signed(&key)?
+        };
         Ok((cert.pem().into_bytes(), key.serialize_pem().into_bytes()))
     }
 
@@ -236,9 +366,13 @@ impl Pki {
         }
     }
 
-    fn client(&self, cert: Option<&(Vec<u8>, Vec<u8>)>) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    fn client(
+        &self,
+        cert: Option<&(Vec<u8>, Vec<u8>)>,
+    ) -> Result<std::sync::Arc<rustls::ClientConfig>> {
         let ca = std::fs::read(self.path("ca.pem"))?;
-        yijian_device_sim::tls_client_config(&ca, cert.map(|(c, k)| (c.as_slice(), k.as_slice()))).map_err(|e| anyhow!(e))
+        yijian_device_sim::tls_client_config(&ca, cert.map(|(c, k)| (c.as_slice(), k.as_slice())))
+            .map_err(|e| anyhow!(e))
     }
 }
 
@@ -251,28 +385,52 @@ async fn tls_with_and_without_a_valid_client_certificate() -> Result<()> {
     let own = pki.device("tls-1", true)?;
 
     // The device's own certificate and secret: connected, and its press is served.
-    let mut dev = SimDevice::connect(DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(pki.client(Some(&own))?)).await?;
+    let mut dev = SimDevice::connect(
+        DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(pki.client(Some(&own))?),
+    )
+    .await?;
     let p = dev.press("main", yijian_wire::Gesture::Single).await?;
     dev.wait_for(&p, FeedbackState::Escalated, WAIT).await?;
     dev.disconnect().await;
 
     let refused = [
         ("no client certificate", pki.client(None)?),
-        ("another device's certificate", pki.client(Some(&pki.device("tls-2", true)?))?),
-        ("a certificate the CA did not sign", pki.client(Some(&pki.device("tls-1", false)?))?),
+        (
+            "another device's certificate",
+            pki.client(Some(&pki.device("tls-2", true)?))?,
+        ),
+        (
+            "a certificate the CA did not sign",
+            pki.client(Some(&pki.device("tls-1", false)?))?,
+        ),
     ];
     for (what, tls) in refused {
-        let r = SimDevice::connect(DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(tls)).await;
+        let r =
+            SimDevice::connect(DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(tls)).await;
         assert!(r.is_err(), "{what} must be refused");
     }
     // The right certificate does not replace the secret.
-    let r = SimDevice::connect(DeviceConfig::new("tls-1", "0".repeat(32), tls_addr).with_tls(pki.client(Some(&own))?)).await;
-    assert!(r.is_err(), "a wrong secret with a valid certificate must be refused");
+    let r = SimDevice::connect(
+        DeviceConfig::new("tls-1", "0".repeat(32), tls_addr).with_tls(pki.client(Some(&own))?),
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "a wrong secret with a valid certificate must be refused"
+    );
     // TLS-only: the plain listener no longer takes devices.
-    assert!(SimDevice::connect(DeviceConfig::new("tls-1", &secret, gw.mqtt)).await.is_err(), "plaintext refused");
+    assert!(
+        SimDevice::connect(DeviceConfig::new("tls-1", &secret, gw.mqtt))
+            .await
+            .is_err(),
+        "plaintext refused"
+    );
     // A TLS client that never speaks does not block others: the handshake runs per connection.
     let _silent = tokio::net::TcpStream::connect(tls_addr).await?;
-    let dev = SimDevice::connect(DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(pki.client(Some(&own))?)).await?;
+    let dev = SimDevice::connect(
+        DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(pki.client(Some(&own))?),
+    )
+    .await?;
     dev.disconnect().await;
     gw.stop().await;
 
@@ -281,8 +439,15 @@ async fn tls_with_and_without_a_valid_client_certificate() -> Result<()> {
     let gw = TestGateway::start(|c| c.mqtt.tls = Some(pki.settings(false))).await?;
     let tls_addr = gw.gw.mqtt_tls_addr.expect("TLS listener");
     let secret = gw.add_device("tls-1", "one-button")?;
-    SimDevice::connect(DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(pki.client(None)?)).await?.disconnect().await;
-    let r = SimDevice::connect(DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(pki.client(Some(&pki.device("tls-2", true)?))?)).await;
+    SimDevice::connect(DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(pki.client(None)?))
+        .await?
+        .disconnect()
+        .await;
+    let r = SimDevice::connect(
+        DeviceConfig::new("tls-1", &secret, tls_addr)
+            .with_tls(pki.client(Some(&pki.device("tls-2", true)?))?),
+    )
+    .await;
     assert!(r.is_err(), "another device's certificate is still refused");
     gw.stop().await;
     Ok(())
@@ -301,9 +466,21 @@ async fn every_api_endpoint_checks_the_token_and_its_role() -> Result<()> {
     let mut dev = gw.device("api-1", "one-button").await?;
     gw.add_device("api-2", "one-button")?;
     let taxi_press = dev.press("main", yijian_wire::Gesture::Double).await?;
-    let taxi_rid = dev.wait_for(&taxi_press, FeedbackState::Dispatched, WAIT).await?[0].feedback.request.clone().unwrap();
+    let taxi_rid = dev
+        .wait_for(&taxi_press, FeedbackState::Dispatched, WAIT)
+        .await?[0]
+        .feedback
+        .request
+        .clone()
+        .unwrap();
     let desk_press = dev.press("main", yijian_wire::Gesture::Single).await?;
-    let desk_rid = dev.wait_for(&desk_press, FeedbackState::Escalated, WAIT).await?[0].feedback.request.clone().unwrap();
+    let desk_rid = dev
+        .wait_for(&desk_press, FeedbackState::Escalated, WAIT)
+        .await?[0]
+        .feedback
+        .request
+        .clone()
+        .unwrap();
 
     let admin = gw.admin_token.clone();
     let taxi = backend_token("taxi");
@@ -312,22 +489,94 @@ async fn every_api_endpoint_checks_the_token_and_its_role() -> Result<()> {
     // (method, path, body, a token of the wrong role, the right token, expected status)
     type Case<'a> = (&'a str, String, Option<Value>, &'a str, &'a str, u16);
     let cases: Vec<Case> = vec![
-        ("GET", "/api/v1/requests".into(), None, &taxi, OPERATOR_TOKEN, 200),
-        ("GET", format!("/api/v1/requests/{desk_rid}"), None, METRICS_TOKEN, OPERATOR_TOKEN, 200),
-        ("POST", format!("/api/v1/requests/{desk_rid}/ack"), Some(json!({})), &taxi, OPERATOR_TOKEN, 200),
-        ("POST", format!("/api/v1/requests/{desk_rid}/close"), Some(json!({})), METRICS_TOKEN, &admin, 200),
-        ("POST", format!("/api/v1/requests/{taxi_rid}/events"), Some(en_route.clone()), OPERATOR_TOKEN, &taxi, 200),
-        ("GET", "/api/v1/devices".into(), None, OPERATOR_TOKEN, &admin, 200),
-        ("GET", "/api/v1/devices/api-1".into(), None, &taxi, &admin, 200),
-        ("GET", "/api/v1/config".into(), None, OPERATOR_TOKEN, &admin, 200),
-        ("POST", "/api/v1/devices/api-2/rotate".into(), None, OPERATOR_TOKEN, &admin, 200),
-        ("POST", "/api/v1/devices/api-2/revoke".into(), None, METRICS_TOKEN, &admin, 200),
+        (
+            "GET",
+            "/api/v1/requests".into(),
+            None,
+            &taxi,
+            OPERATOR_TOKEN,
+            200,
+        ),
+        (
+            "GET",
+            format!("/api/v1/requests/{desk_rid}"),
+            None,
+            METRICS_TOKEN,
+            OPERATOR_TOKEN,
+            200,
+        ),
+        (
+            "POST",
+            format!("/api/v1/requests/{desk_rid}/ack"),
+            Some(json!({})),
+            &taxi,
+            OPERATOR_TOKEN,
+            200,
+        ),
+        (
+            "POST",
+            format!("/api/v1/requests/{desk_rid}/close"),
+            Some(json!({})),
+            METRICS_TOKEN,
+            &admin,
+            200,
+        ),
+        (
+            "POST",
+            format!("/api/v1/requests/{taxi_rid}/events"),
+            Some(en_route.clone()),
+            OPERATOR_TOKEN,
+            &taxi,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/devices".into(),
+            None,
+            OPERATOR_TOKEN,
+            &admin,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/devices/api-1".into(),
+            None,
+            &taxi,
+            &admin,
+            200,
+        ),
+        (
+            "GET",
+            "/api/v1/config".into(),
+            None,
+            OPERATOR_TOKEN,
+            &admin,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/devices/api-2/rotate".into(),
+            None,
+            OPERATOR_TOKEN,
+            &admin,
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/devices/api-2/revoke".into(),
+            None,
+            METRICS_TOKEN,
+            &admin,
+            200,
+        ),
         ("GET", "/metrics".into(), None, &taxi, METRICS_TOKEN, 200),
     ];
     for (method, path, body, wrong, right, want) in &cases {
         let (s, v) = gw.call(method, path, None, body.clone()).await?;
         assert_eq!(s, 401, "{method} {path} without a token: {v}");
-        let (s, _) = gw.call(method, path, Some("not-a-token-at-all"), body.clone()).await?;
+        let (s, _) = gw
+            .call(method, path, Some("not-a-token-at-all"), body.clone())
+            .await?;
         assert_eq!(s, 401, "{method} {path} with an unknown token");
         let (s, v) = gw.call(method, path, Some(wrong), body.clone()).await?;
         assert_eq!(s, 403, "{method} {path} with the wrong role: {v}");
@@ -339,30 +588,70 @@ async fn every_api_endpoint_checks_the_token_and_its_role() -> Result<()> {
         assert_eq!(gw.call("GET", path, None, None).await?.0, 200, "{path}");
     }
     // A backend may only report on requests dispatched to it.
-    let (s, v) = gw.call("POST", &format!("/api/v1/requests/{taxi_rid}/events"), Some(&rescue), Some(en_route.clone())).await?;
+    let (s, v) = gw
+        .call(
+            "POST",
+            &format!("/api/v1/requests/{taxi_rid}/events"),
+            Some(&rescue),
+            Some(en_route.clone()),
+        )
+        .await?;
     assert_eq!(s, 403, "another backend's request: {v}");
-    let (s, _) = gw.call("POST", &format!("/api/v1/requests/{desk_rid}/events"), Some(&taxi), Some(en_route.clone())).await?;
+    let (s, _) = gw
+        .call(
+            "POST",
+            &format!("/api/v1/requests/{desk_rid}/events"),
+            Some(&taxi),
+            Some(en_route.clone()),
+        )
+        .await?;
     assert_eq!(s, 403, "a desk request is no backend's");
     let (_, r) = gw.get(&format!("/api/v1/requests/{taxi_rid}")).await?;
-    assert_eq!(r["state"], "en_route", "only the owner's callback was applied");
+    assert_eq!(
+        r["state"], "en_route",
+        "only the owner's callback was applied"
+    );
     // Admin config leaves token digests out.
     let (_, cfg) = gw.call("GET", "/api/v1/config", Some(&admin), None).await?;
-    assert!(cfg["api"]["tokens"].as_array().is_some_and(|t| !t.is_empty() && t.iter().all(|t| t.get("sha256").is_none())), "{cfg}");
+    assert!(
+        cfg["api"]["tokens"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty() && t.iter().all(|t| t.get("sha256").is_none())),
+        "{cfg}"
+    );
     // Bodies over 64 KB are refused before anything else happens.
     let big = json!({"state": "arrived", "ref": "x".repeat(70 * 1024)});
-    let (s, _) = gw.call("POST", &format!("/api/v1/requests/{taxi_rid}/events"), Some(&taxi), Some(big)).await?;
+    let (s, _) = gw
+        .call(
+            "POST",
+            &format!("/api/v1/requests/{taxi_rid}/events"),
+            Some(&taxi),
+            Some(big),
+        )
+        .await?;
     assert_eq!(s, 413);
     let (_, r) = gw.get(&format!("/api/v1/requests/{taxi_rid}")).await?;
     assert_eq!(r["state"], "en_route");
     // The refusals are counted.
-    let text = gw.http.get(format!("{}/metrics", gw.base)).bearer_auth(METRICS_TOKEN).send().await?.text().await?;
-    assert!(metric(&text, "yijian_api_auth_total{result=\"forbidden\"}") >= 11.0, "{text}");
+    let text = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metric(&text, "yijian_api_auth_total{result=\"forbidden\"}") >= 11.0,
+        "{text}"
+    );
     gw.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_presses_in_two_seconds_are_one_request_pressed_again_nineteen_times() -> Result<()> {
+async fn twenty_presses_in_two_seconds_are_one_request_pressed_again_nineteen_times() -> Result<()>
+{
     let mock = yijian_device_sim::MockBackends::start_local(MockOptions::default()).await?;
     let gw = TestGateway::start(|c| {
         backend(c, &mock, "taxi");
@@ -372,7 +661,13 @@ async fn twenty_presses_in_two_seconds_are_one_request_pressed_again_nineteen_ti
     let mut dev = gw.device("stuck-1", "one-button").await?;
     let started = tokio::time::Instant::now();
     let first = dev.press("main", yijian_wire::Gesture::Double).await?;
-    let rid = dev.wait_for(&first, FeedbackState::Dispatched, WAIT).await?[0].feedback.request.clone().unwrap();
+    let rid = dev
+        .wait_for(&first, FeedbackState::Dispatched, WAIT)
+        .await?[0]
+        .feedback
+        .request
+        .clone()
+        .unwrap();
     // A stuck button: 19 more, one every 100 ms.
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut again = Vec::new();
@@ -380,7 +675,10 @@ async fn twenty_presses_in_two_seconds_are_one_request_pressed_again_nineteen_ti
         tick.tick().await;
         again.push(dev.press("main", yijian_wire::Gesture::Double).await?);
     }
-    assert!(started.elapsed() < Duration::from_secs(4), "the presses came within about two seconds");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the presses came within about two seconds"
+    );
     // Every press is answered with the open request's state.
     let mut answered: HashMap<String, Option<String>> = HashMap::new();
     while again.iter().any(|p| !answered.contains_key(p)) {
@@ -395,24 +693,50 @@ async fn twenty_presses_in_two_seconds_are_one_request_pressed_again_nineteen_ti
     let requests: HashSet<_> = answered.values().cloned().collect();
     assert_eq!(requests, HashSet::from([Some(rid.clone())]));
     let (_, list) = gw.get("/api/v1/requests?device=stuck-1").await?;
-    assert_eq!(list["requests"].as_array().unwrap().len(), 1, "one request: {list}");
+    assert_eq!(
+        list["requests"].as_array().unwrap().len(),
+        1,
+        "one request: {list}"
+    );
     let (_, r) = gw.get(&format!("/api/v1/requests/{rid}")).await?;
-    let events: Vec<_> = r["history"].as_array().unwrap().iter().filter(|e| e["kind"] == "pressed_again").collect();
+    let events: Vec<_> = r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "pressed_again")
+        .collect();
     assert_eq!(events.len(), 19, "{r}");
-    let counts: Vec<_> = events.iter().map(|e| e["detail"]["count"].as_u64().unwrap()).collect();
+    let counts: Vec<_> = events
+        .iter()
+        .map(|e| e["detail"]["count"].as_u64().unwrap())
+        .collect();
     assert_eq!(counts, (2..=20).collect::<Vec<u64>>());
     // One booking at the backend, and an update per repeated press.
     assert_eq!(mock.received_by("taxi").len(), 1);
-    let updates = mock.wait_updates(19, WAIT).await.ok_or_else(|| anyhow!("updates: {:?}", mock.updates()))?;
+    let updates = mock
+        .wait_updates(19, WAIT)
+        .await
+        .ok_or_else(|| anyhow!("updates: {:?}", mock.updates()))?;
     assert_eq!(updates.len(), 19);
     for u in &updates {
         assert_eq!(u.backend, "taxi");
         assert_eq!(u.body["request_id"], json!(rid));
         assert_eq!(u.body["event"], "pressed_again");
-        assert!(u.key.starts_with(&format!("{rid}/")), "idempotency key {}", u.key);
+        assert!(
+            u.key.starts_with(&format!("{rid}/")),
+            "idempotency key {}",
+            u.key
+        );
     }
     // After the request is closed, the next press books anew.
-    let (s, _) = gw.call("POST", &format!("/api/v1/requests/{rid}/events"), Some(&backend_token("taxi")), Some(json!({"state": "closed"}))).await?;
+    let (s, _) = gw
+        .call(
+            "POST",
+            &format!("/api/v1/requests/{rid}/events"),
+            Some(&backend_token("taxi")),
+            Some(json!({"state": "closed"})),
+        )
+        .await?;
     assert_eq!(s, 200);
     let next = dev.press("main", yijian_wire::Gesture::Double).await?;
     let heard = dev.wait_for(&next, FeedbackState::Dispatched, WAIT).await?;
@@ -431,12 +755,28 @@ async fn a_flooding_device_is_disconnected_and_others_are_unaffected() -> Result
     for _ in 0..200 {
         flooder.publish_raw(Kind::Status, status.clone()).await?;
     }
-    assert!(flooder.wait_disconnected(WAIT).await, "the flood closes the connection");
+    assert!(
+        flooder.wait_disconnected(WAIT).await,
+        "the flood closes the connection"
+    );
     let p = calm.press("main", yijian_wire::Gesture::Single).await?;
     calm.wait_for(&p, FeedbackState::Escalated, WAIT).await?;
-    assert_eq!(calm.stats().disconnects, 0, "the calm device never lost its connection");
-    let text = gw.http.get(format!("{}/metrics", gw.base)).send().await?.text().await?;
-    assert!(metric(&text, "yijian_devices_flood_disconnects_total") >= 1.0, "{text}");
+    assert_eq!(
+        calm.stats().disconnects,
+        0,
+        "the calm device never lost its connection"
+    );
+    let text = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metric(&text, "yijian_devices_flood_disconnects_total") >= 1.0,
+        "{text}"
+    );
     gw.stop().await;
     Ok(())
 }
@@ -451,8 +791,18 @@ async fn an_oversized_mqtt_packet_closes_the_connection() -> Result<()> {
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(o, 8);
     let mut payload = press_json("big-1-p1");
-    payload.extend(std::iter::repeat_n(b' ', gw.config.mqtt.max_payload_size + 1));
-    client.publish(topic::topic("big-1", Kind::Press), QoS::AtLeastOnce, false, payload).await?;
+    payload.extend(std::iter::repeat_n(
+        b' ',
+        gw.config.mqtt.max_payload_size + 1,
+    ));
+    client
+        .publish(
+            topic::topic("big-1", Kind::Press),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await?;
     let closed = tokio::time::timeout(WAIT, async {
         loop {
             match events.poll().await {
@@ -463,7 +813,10 @@ async fn an_oversized_mqtt_packet_closes_the_connection() -> Result<()> {
         }
     })
     .await?;
-    assert!(closed, "a packet over max_payload_size closes the connection, unacknowledged");
+    assert!(
+        closed,
+        "a packet over max_payload_size closes the connection, unacknowledged"
+    );
     drop(events);
     assert!(all_requests(&gw).await?.is_empty());
     // The device reconnects and is served normally.

@@ -11,7 +11,11 @@ use yijian_wire::topic::Kind;
 /// Rescue, taxi and hospital each routed to their own mock backend.
 async fn gateway_with_backends(mock: &yijian_device_sim::MockBackends) -> Result<TestGateway> {
     TestGateway::start(|c| {
-        for (svc, b) in [("rescue", "rescue"), ("taxi", "taxi"), ("hospital", "hospital")] {
+        for (svc, b) in [
+            ("rescue", "rescue"),
+            ("taxi", "taxi"),
+            ("hospital", "hospital"),
+        ] {
             backend(c, mock, b);
             route(c, svc, &[b], 2000, 20);
         }
@@ -36,17 +40,37 @@ async fn every_gesture_of_both_profiles_reaches_the_right_backend_once() -> Resu
     ];
     let mut expected = Vec::new();
     for (dev_id, button, gesture, service) in cases {
-        let dev = if dev_id == "one-1" { &mut one } else { &mut three };
+        let dev = if dev_id == "one-1" {
+            &mut one
+        } else {
+            &mut three
+        };
         let press = dev.press(button, gesture).await?;
-        let heard = dev.wait_for(&press, FeedbackState::Dispatched, WAIT).await?;
+        let heard = dev
+            .wait_for(&press, FeedbackState::Dispatched, WAIT)
+            .await?;
         let states: Vec<_> = heard.iter().map(|h| h.feedback.state).collect();
-        assert_eq!(states, vec![FeedbackState::Received, FeedbackState::Dispatched], "{dev_id} {button} {gesture}");
+        assert_eq!(
+            states,
+            vec![FeedbackState::Received, FeedbackState::Dispatched],
+            "{dev_id} {button} {gesture}"
+        );
         let received = &heard[0].feedback;
         let dispatched = &heard[1].feedback;
         assert_eq!(received.service.map(|s| s.as_str()), Some(service));
-        let request_id = received.request.clone().expect("received names the request");
+        let request_id = received
+            .request
+            .clone()
+            .expect("received names the request");
         assert_eq!(dispatched.request.as_ref(), Some(&request_id));
-        assert!(dispatched.reference.as_deref().unwrap_or("").starts_with(&service.to_uppercase()), "ref relayed: {dispatched:?}");
+        assert!(
+            dispatched
+                .reference
+                .as_deref()
+                .unwrap_or("")
+                .starts_with(&service.to_uppercase()),
+            "ref relayed: {dispatched:?}"
+        );
         assert_eq!(dispatched.eta_s, Some(600));
         expected.push((request_id, dev_id, press, service, button, gesture));
     }
@@ -57,14 +81,20 @@ async fn every_gesture_of_both_profiles_reaches_the_right_backend_once() -> Resu
         let want: Vec<_> = expected.iter().filter(|e| e.3 == service).collect();
         assert_eq!(got.len(), want.len(), "{service}: {got:?}");
         for (rid, dev_id, press, _, button, gesture) in want {
-            let r = got.iter().find(|r| &r.key == rid).unwrap_or_else(|| panic!("{service} did not get {rid}"));
+            let r = got
+                .iter()
+                .find(|r| &r.key == rid)
+                .unwrap_or_else(|| panic!("{service} did not get {rid}"));
             assert_eq!(r.body["request_id"], json!(rid));
             assert_eq!(r.body["service"], json!(service));
             assert_eq!(r.body["device"]["id"], json!(dev_id));
             assert_eq!(r.body["press"]["id"], json!(press));
             assert_eq!(r.body["press"]["button"], json!(button));
             assert_eq!(r.body["press"]["gesture"], json!(gesture.as_str()));
-            assert!(r.body["callback_url"].as_str().unwrap().ends_with(&format!("/api/v1/requests/{rid}/events")));
+            assert!(r.body["callback_url"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/api/v1/requests/{rid}/events")));
             assert_eq!(r.attempt, Some(1));
         }
     }
@@ -72,16 +102,26 @@ async fn every_gesture_of_both_profiles_reaches_the_right_backend_once() -> Resu
 
     // The one-button long press cancels the device's most recent open request.
     let cancel = one.press("main", Gesture::Long).await?;
-    let heard = one.wait_for(&cancel, FeedbackState::Cancelled, WAIT).await?;
+    let heard = one
+        .wait_for(&cancel, FeedbackState::Cancelled, WAIT)
+        .await?;
     let hospital_rid = &expected[2].0;
-    assert_eq!(heard.last().unwrap().feedback.request.as_ref(), Some(hospital_rid));
+    assert_eq!(
+        heard.last().unwrap().feedback.request.as_ref(),
+        Some(hospital_rid)
+    );
     let (status, v) = gw.get(&format!("/api/v1/requests/{hospital_rid}")).await?;
     assert_eq!(status, 200);
     assert_eq!(v["state"], "cancelled");
     // A long press on the three-button panel cancels too.
     let cancel3 = three.press("red", Gesture::Long).await?;
-    let heard = three.wait_for(&cancel3, FeedbackState::Cancelled, WAIT).await?;
-    assert_eq!(heard.last().unwrap().feedback.request.as_ref(), Some(&expected[5].0));
+    let heard = three
+        .wait_for(&cancel3, FeedbackState::Cancelled, WAIT)
+        .await?;
+    assert_eq!(
+        heard.last().unwrap().feedback.request.as_ref(),
+        Some(&expected[5].0)
+    );
     // Nothing else reached a backend.
     assert_eq!(mock.received().len(), 6);
     gw.stop().await;
@@ -93,7 +133,9 @@ async fn a_press_sent_five_times_is_one_request() -> Result<()> {
     let mock = yijian_device_sim::MockBackends::start_local(MockOptions::default()).await?;
     let gw = gateway_with_backends(&mock).await?;
     let mut dev = gw.device("dup-1", "one-button").await?;
-    let payload = serde_json::to_vec(&json!({"id": "dup-1-p1", "button": "main", "gesture": "double", "at": 1_764_324_000_123i64}))?;
+    let payload = serde_json::to_vec(
+        &json!({"id": "dup-1-p1", "button": "main", "gesture": "double", "at": 1_764_324_000_123i64}),
+    )?;
     for _ in 0..5 {
         dev.press_payload("dup-1-p1", payload.clone()).await?;
     }
@@ -105,12 +147,24 @@ async fn a_press_sent_five_times_is_one_request() -> Result<()> {
     while !states.contains(&FeedbackState::Dispatched) {
         let h = dev.next_feedback(WAIT).await?;
         assert_eq!(h.feedback.press.as_deref(), Some("dup-1-p1"));
-        requests.insert(h.feedback.request.clone().expect("answers name the request"));
+        requests.insert(
+            h.feedback
+                .request
+                .clone()
+                .expect("answers name the request"),
+        );
         states.push(h.feedback.state);
     }
-    assert_eq!(requests.len(), 1, "one request for five copies: {requests:?}");
+    assert_eq!(
+        requests.len(),
+        1,
+        "one request for five copies: {requests:?}"
+    );
     assert_eq!(states[0], FeedbackState::Received, "{states:?}");
-    assert!(states.len() <= 6, "at most one answer per copy plus the dispatch: {states:?}");
+    assert!(
+        states.len() <= 6,
+        "at most one answer per copy plus the dispatch: {states:?}"
+    );
     let rid = requests.into_iter().next().unwrap();
     // A retransmission after dispatch gets the current state again, not a second request.
     dev.press_payload("dup-1-p1", payload.clone()).await?;
@@ -139,19 +193,34 @@ async fn a_backend_returning_500_fails_over_to_the_next() -> Result<()> {
     .await?;
     let mut dev = gw.device("fo-1", "one-button").await?;
     let press = dev.press("main", Gesture::Single).await?;
-    let heard = dev.wait_for(&press, FeedbackState::Dispatched, WAIT).await?;
+    let heard = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await?;
     let rid = heard[0].feedback.request.clone().unwrap();
     assert_eq!(mock.received_by("rescue-a").len(), 0);
     assert_eq!(mock.received_by("rescue-b").len(), 1);
     let hits = mock.hits();
     let a_hits: Vec<_> = hits.iter().filter(|h| h.backend == "rescue-a").collect();
-    assert_eq!(a_hits.len(), 3, "attempts_per_backend on the failing backend first");
+    assert_eq!(
+        a_hits.len(),
+        3,
+        "attempts_per_backend on the failing backend first"
+    );
     assert!(a_hits.iter().all(|h| h.key == rid && h.status == 500));
     let b = hits.iter().find(|h| h.backend == "rescue-b").unwrap();
-    assert_eq!(b.attempt, Some(4), "attempt numbers continue across backends");
+    assert_eq!(
+        b.attempt,
+        Some(4),
+        "attempt numbers continue across backends"
+    );
     let (_, v) = gw.get(&format!("/api/v1/requests/{rid}")).await?;
     assert_eq!(v["backend"], "rescue-b");
-    let attempts: Vec<_> = v["history"].as_array().unwrap().iter().filter(|e| e["kind"] == "attempt").collect();
+    let attempts: Vec<_> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "attempt")
+        .collect();
     assert_eq!(attempts.len(), 4, "every attempt is in the history: {v}");
     gw.stop().await;
     Ok(())
@@ -170,24 +239,38 @@ async fn all_backends_down_escalates_to_the_desk_where_operators_ack_and_close()
     let press = dev.press("main", Gesture::Double).await?;
     let heard = dev.wait_for(&press, FeedbackState::Escalated, WAIT).await?;
     let states: Vec<_> = heard.iter().map(|h| h.feedback.state).collect();
-    assert_eq!(states, vec![FeedbackState::Received, FeedbackState::Escalated]);
+    assert_eq!(
+        states,
+        vec![FeedbackState::Received, FeedbackState::Escalated]
+    );
     let rid = heard[0].feedback.request.clone().unwrap();
     assert!(!mock.hits().is_empty(), "the backend was tried first");
 
     let (status, list) = gw.get("/api/v1/requests?state=escalated").await?;
     assert_eq!(status, 200);
-    let ids: Vec<_> = list["requests"].as_array().unwrap().iter().map(|r| r["request_id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<_> = list["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids, vec![rid.clone()]);
     assert_eq!(list["requests"][0]["press"]["id"], json!(press));
     assert_eq!(list["requests"][0]["backend"], "desk");
 
-    let (status, v) = gw.post(&format!("/api/v1/requests/{rid}/ack"), json!({})).await?;
+    let (status, v) = gw
+        .post(&format!("/api/v1/requests/{rid}/ack"), json!({}))
+        .await?;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["state"], "acknowledged");
-    let (status, v) = gw.post(&format!("/api/v1/requests/{rid}/ack"), json!({})).await?;
+    let (status, v) = gw
+        .post(&format!("/api/v1/requests/{rid}/ack"), json!({}))
+        .await?;
     assert_eq!(status, 409, "a second ack conflicts: {v}");
     assert!(v["error"].as_str().unwrap().contains("acknowledged"));
-    let (status, v) = gw.post(&format!("/api/v1/requests/{rid}/close"), json!({})).await?;
+    let (status, v) = gw
+        .post(&format!("/api/v1/requests/{rid}/close"), json!({}))
+        .await?;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["state"], "closed");
     let heard = dev.wait_for(&press, FeedbackState::Closed, WAIT).await?;
@@ -196,10 +279,18 @@ async fn all_backends_down_escalates_to_the_desk_where_operators_ack_and_close()
     assert_eq!(status, 404);
     let kinds: Vec<_> = {
         let (_, v) = gw.get(&format!("/api/v1/requests/{rid}")).await?;
-        v["history"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+        v["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
     };
     assert_eq!(kinds.first().map(String::as_str), Some("created"));
-    assert!(kinds.ends_with(&["escalated".into(), "acknowledged".into(), "closed".into()]), "{kinds:?}");
+    assert!(
+        kinds.ends_with(&["escalated".into(), "acknowledged".into(), "closed".into()]),
+        "{kinds:?}"
+    );
     gw.stop().await;
     Ok(())
 }
@@ -211,7 +302,9 @@ async fn the_default_configuration_sends_every_press_to_the_desk() -> Result<()>
     let press = dev.press("main", Gesture::Single).await?;
     let heard = dev.wait_for(&press, FeedbackState::Escalated, WAIT).await?;
     assert_eq!(heard[0].feedback.state, FeedbackState::Received);
-    let (_, list) = gw.get("/api/v1/requests?state=escalated&service=rescue").await?;
+    let (_, list) = gw
+        .get("/api/v1/requests?state=escalated&service=rescue")
+        .await?;
     assert_eq!(list["requests"].as_array().unwrap().len(), 1);
     gw.stop().await;
     Ok(())
@@ -221,20 +314,38 @@ async fn the_default_configuration_sends_every_press_to_the_desk() -> Result<()>
 async fn a_malformed_press_is_rejected_with_its_reason_and_the_gateway_carries_on() -> Result<()> {
     let gw = TestGateway::start(|_| {}).await?;
     let mut dev = gw.device("bad-1", "one-button").await?;
-    dev.press_payload("bad-1-p1", br#"{"id":"bad-1-p1","button":"main","gesture":"tap","at":1764324000123}"#.to_vec()).await?;
-    let heard = dev.wait_for("bad-1-p1", FeedbackState::Rejected, WAIT).await?;
+    dev.press_payload(
+        "bad-1-p1",
+        br#"{"id":"bad-1-p1","button":"main","gesture":"tap","at":1764324000123}"#.to_vec(),
+    )
+    .await?;
+    let heard = dev
+        .wait_for("bad-1-p1", FeedbackState::Rejected, WAIT)
+        .await?;
     assert_eq!(heard.len(), 1);
-    assert_eq!(heard[0].feedback.reason.as_deref(), Some("gesture must be one of single|double|triple|long"));
+    assert_eq!(
+        heard[0].feedback.reason.as_deref(),
+        Some("gesture must be one of single|double|triple|long")
+    );
     assert_eq!(heard[0].feedback.request, None);
-    dev.publish_raw(Kind::Press, b"not json at all".to_vec()).await?;
+    dev.publish_raw(Kind::Press, b"not json at all".to_vec())
+        .await?;
     let h = dev.next_feedback(WAIT).await?;
     assert_eq!(h.feedback.state, FeedbackState::Rejected);
-    assert!(h.feedback.reason.unwrap().starts_with("payload is not JSON"));
+    assert!(h
+        .feedback
+        .reason
+        .unwrap()
+        .starts_with("payload is not JSON"));
     // A valid press right after is served.
     let press = dev.press("main", Gesture::Single).await?;
     dev.wait_for(&press, FeedbackState::Escalated, WAIT).await?;
     let (_, list) = gw.get("/api/v1/requests?limit=10").await?;
-    assert_eq!(list["requests"].as_array().unwrap().len(), 1, "rejected presses create no request");
+    assert_eq!(
+        list["requests"].as_array().unwrap().len(),
+        1,
+        "rejected presses create no request"
+    );
     gw.stop().await;
     Ok(())
 }
@@ -270,10 +381,15 @@ async fn the_outbox_is_replayed_after_a_restart() -> Result<()> {
     // records it only once the answer is in), then stop the gateway.
     loop {
         let (_, v) = gw.get(&format!("/api/v1/requests/{rid}")).await?;
-        if v["history"].as_array().is_some_and(|h| h.iter().any(|e| e["kind"] == "attempt")) {
+        if v["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["kind"] == "attempt"))
+        {
             break;
         }
-        dev.next_feedback(std::time::Duration::from_millis(50)).await.ok();
+        dev.next_feedback(std::time::Duration::from_millis(50))
+            .await
+            .ok();
     }
     gw.stop().await;
     assert!(mock.received().is_empty());
@@ -293,7 +409,11 @@ async fn the_outbox_is_replayed_after_a_restart() -> Result<()> {
     let got = mock.received_by("hospital");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].key, rid);
-    assert!(got[0].attempt.unwrap() > 1, "attempt numbers continue after the restart: {:?}", got[0].attempt);
+    assert!(
+        got[0].attempt.unwrap() > 1,
+        "attempt numbers continue after the restart: {:?}",
+        got[0].attempt
+    );
     gw.stop().await;
     Ok(())
 }

@@ -24,7 +24,9 @@ fn logs() -> Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let sink = buf.clone();
-        telemetry::init_logging_with(LogFormat::Human, "info", false, move || Capture(sink.clone()));
+        telemetry::init_logging_with(LogFormat::Human, "info", false, move || {
+            Capture(sink.clone())
+        });
         buf
     })
     .clone()
@@ -68,39 +70,97 @@ async fn a_journal_that_cannot_commit_answers_nothing_until_it_can() -> Result<(
     let press = dev.press("main", Gesture::Single).await?;
     let failed = [("gesture", "single"), ("outcome", "store_error")];
     // The press and at least one retransmission of it reached the journal, and failed.
-    let during = metrics_until(&gw, "two failed journal writes of the press", |m| before.delta(m, PRESS_RECEIVED, &failed) >= 2.0).await?;
-    ensure!(before.delta(&during, STORE_ERRORS, &[("op", "commit")]) >= 2.0, "failed commits not counted");
-    ensure!(before.delta(&during, PRESS_RECEIVED, &[("gesture", "single"), ("outcome", "request")]) == 0.0);
+    let during = metrics_until(&gw, "two failed journal writes of the press", |m| {
+        before.delta(m, PRESS_RECEIVED, &failed) >= 2.0
+    })
+    .await?;
+    ensure!(
+        before.delta(&during, STORE_ERRORS, &[("op", "commit")]) >= 2.0,
+        "failed commits not counted"
+    );
+    ensure!(
+        before.delta(
+            &during,
+            PRESS_RECEIVED,
+            &[("gesture", "single"), ("outcome", "request")]
+        ) == 0.0
+    );
 
     // Nothing was answered: the device still owes itself the press, and heard nothing at all.
     if let Ok(h) = dev.next_feedback(Duration::ZERO).await {
-        anyhow::bail!("the device heard {:?} while the journal was failing", h.feedback);
+        anyhow::bail!(
+            "the device heard {:?} while the journal was failing",
+            h.feedback
+        );
     }
-    ensure!(dev.unanswered() == 1, "the device must keep retransmitting its press");
-    ensure!(mock.hits().is_empty(), "a press that is not journaled reached a backend: {:?}", mock.hits());
+    ensure!(
+        dev.unanswered() == 1,
+        "the device must keep retransmitting its press"
+    );
+    ensure!(
+        mock.hits().is_empty(),
+        "a press that is not journaled reached a backend: {:?}",
+        mock.hits()
+    );
     let (status, ready) = gw.call("GET", "/readyz", None, None).await?;
-    ensure!(status == 503 && ready["store"] == false && ready["broker"] == true, "/readyz while failing: {status} {ready}");
+    ensure!(
+        status == 503 && ready["store"] == false && ready["broker"] == true,
+        "/readyz while failing: {status} {ready}"
+    );
     let log = log_text();
     ensure!(
-        log.lines().any(|l| l.contains("ERROR") && l.contains("journal write failed") && l.contains("commit")),
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("journal write failed")
+            && l.contains("commit")),
         "the failed commit is not logged as an error:\n{log}"
     );
-    ensure!(log.contains("press not journaled; the device will retransmit"), "the unanswered press is not logged:\n{log}");
+    ensure!(
+        log.contains("press not journaled; the device will retransmit"),
+        "the unanswered press is not logged:\n{log}"
+    );
 
     // The disk is back: the next retransmission is journaled and answered.
     gw.gw.store.inject_commit_failure(false);
-    let heard = dev.wait_for(&press, FeedbackState::Dispatched, WAIT).await.context("the press after the journal recovered")?;
+    let heard = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await
+        .context("the press after the journal recovered")?;
     let states: Vec<_> = heard.iter().map(|h| h.feedback.state).collect();
-    ensure!(states[0] == FeedbackState::Received, "the first answer must be `received`: {states:?}");
-    let rid = heard[0].feedback.request.clone().context("received names the request")?;
-    ensure!(heard.iter().all(|h| h.feedback.request.as_deref() == Some(rid.as_str())), "answers name other requests: {states:?}");
+    ensure!(
+        states[0] == FeedbackState::Received,
+        "the first answer must be `received`: {states:?}"
+    );
+    let rid = heard[0]
+        .feedback
+        .request
+        .clone()
+        .context("received names the request")?;
+    ensure!(
+        heard
+            .iter()
+            .all(|h| h.feedback.request.as_deref() == Some(rid.as_str())),
+        "answers name other requests: {states:?}"
+    );
     let taken = mock.received();
-    ensure!(taken.len() == 1 && taken[0].key == rid && taken[0].press_id == press, "the backends took {taken:?}");
-    ensure!(mock.hits().len() == 1, "the backend was asked {} times", mock.hits().len());
+    ensure!(
+        taken.len() == 1 && taken[0].key == rid && taken[0].press_id == press,
+        "the backends took {taken:?}"
+    );
+    ensure!(
+        mock.hits().len() == 1,
+        "the backend was asked {} times",
+        mock.hits().len()
+    );
     let (status, list) = gw.get("/api/v1/requests?device=sf-1").await?;
-    ensure!(status == 200 && list["requests"].as_array().map(Vec::len) == Some(1), "{list}");
+    ensure!(
+        status == 200 && list["requests"].as_array().map(Vec::len) == Some(1),
+        "{list}"
+    );
     let (status, ready) = gw.call("GET", "/readyz", None, None).await?;
-    ensure!(status == 200, "/readyz after the recovery: {status} {ready}");
+    ensure!(
+        status == 200,
+        "/readyz after the recovery: {status} {ready}"
+    );
     gw.stop().await;
     Ok(())
 }

@@ -27,13 +27,18 @@ const DUPLICATE_CLIENT_ID: &str = "yijian_mqtt_duplicate_client_id_total";
 
 fn devices() -> Result<usize> {
     match std::env::var("YIJIAN_STORM_DEVICES") {
-        Ok(v) => v.parse().with_context(|| format!("YIJIAN_STORM_DEVICES={v:?} is not a number")),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("YIJIAN_STORM_DEVICES={v:?} is not a number")),
         Err(_) => Ok(2000),
     }
 }
 
 fn epoch_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// Presses on random devices of the fleet (connected or not: a disconnected device holds its
@@ -73,7 +78,11 @@ impl Presser {
     async fn settled(&self, what: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         while !self.tracker.settled() {
-            ensure!(Instant::now() < deadline, "{what}: presses still unanswered after {limit:?}: {:?}", self.tracker.counts());
+            ensure!(
+                Instant::now() < deadline,
+                "{what}: presses still unanswered after {limit:?}: {:?}",
+                self.tracker.counts()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
@@ -85,16 +94,23 @@ fn connected_since(fleet: &Fleet, connacks: u64) -> usize {
     fleet
         .devices
         .iter()
-        .filter(|d| d.connacks.load(Ordering::Relaxed) >= connacks && d.connected.load(Ordering::Relaxed))
+        .filter(|d| {
+            d.connacks.load(Ordering::Relaxed) >= connacks && d.connected.load(Ordering::Relaxed)
+        })
         .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_a_press() -> Result<()> {
+async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_a_press(
+) -> Result<()> {
     let n = devices()?;
     // Generous for CI on two busy cores: measured 1.3 s for 2,000 devices, 3.5 s for 10,000.
     let reconnect_limit = Duration::from_secs(10) + Duration::from_millis(5 * n as u64);
-    let mock = MockBackends::start_local(MockOptions { keep_bodies: false, ..Default::default() }).await?;
+    let mock = MockBackends::start_local(MockOptions {
+        keep_bodies: false,
+        ..Default::default()
+    })
+    .await?;
     let mut gw = ChildGateway::new(|c| {
         for s in ["rescue", "taxi", "hospital"] {
             backend(c, &mock, s);
@@ -108,16 +124,35 @@ async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_
     let tracker = Arc::new(Tracker::new(Duration::from_secs(2)));
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
-    let opts = FleetOptions { broker: gw.mqtt, connect_rate: 2000.0, keep_alive: Duration::from_secs(60) };
+    let opts = FleetOptions {
+        broker: gw.mqtt,
+        connect_rate: 2000.0,
+        keep_alive: Duration::from_secs(60),
+    };
     let fleet = Arc::new(Fleet::start(&creds, &opts, tracker.clone(), stop.clone()));
-    tokio::spawn(yijian_device_sim::load::retransmitter(fleet.clone(), tracker.clone(), stop.clone()));
+    tokio::spawn(yijian_device_sim::load::retransmitter(
+        fleet.clone(),
+        tracker.clone(),
+        stop.clone(),
+    ));
     let ramp = fleet
         .wait_connected(n, reconnect_limit, |_| {})
         .await
-        .with_context(|| format!("only {}/{n} devices connected at first", fleet.stats.connected.load(Ordering::Relaxed)))?;
-    let presser = Arc::new(Presser { fleet: fleet.clone(), tracker: tracker.clone(), seq: AtomicU64::new(0) });
+        .with_context(|| {
+            format!(
+                "only {}/{n} devices connected at first",
+                fleet.stats.connected.load(Ordering::Relaxed)
+            )
+        })?;
+    let presser = Arc::new(Presser {
+        fleet: fleet.clone(),
+        tracker: tracker.clone(),
+        seq: AtomicU64::new(0),
+    });
     presser.burst(100, Duration::from_millis(2)).await;
-    presser.settled("before the restart", Duration::from_secs(30)).await?;
+    presser
+        .settled("before the restart", Duration::from_secs(30))
+        .await?;
 
     // Restart. Presses keep coming from the moment the gateway goes down until every device
     // is back.
@@ -152,13 +187,28 @@ async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_
     storm_presses.0.cancel();
     storm_presses.1.await?;
     presser.burst(100, Duration::from_millis(2)).await;
-    if let Err(e) = presser.settled("after the storm", Duration::from_secs(60)).await {
+    if let Err(e) = presser
+        .settled("after the storm", Duration::from_secs(60))
+        .await
+    {
         let duplicates = counter(&gw.metrics().await?, DUPLICATE_CLIENT_ID);
         let drops = fleet.stats.drops.load(Ordering::Relaxed) - drops_before;
-        let logged = gw.logs().lines().filter(|l| l.contains("Duplicate client_id")).count();
-        let not_ready = fleet.devices.iter().filter(|d| !d.ready.load(Ordering::Relaxed)).count();
+        let logged = gw
+            .logs()
+            .lines()
+            .filter(|l| l.contains("Duplicate client_id"))
+            .count();
+        let not_ready = fleet
+            .devices
+            .iter()
+            .filter(|d| !d.ready.load(Ordering::Relaxed))
+            .count();
         let logs = gw.logs();
-        let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(20).collect();
+        let warnings: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(20)
+            .collect();
         eprintln!("gateway warnings and errors:\n{}", warnings.join("\n"));
         return Err(e.context(format!(
             "{DUPLICATE_CLIENT_ID} = {duplicates}, {logged} \"Duplicate client_id\" log lines, \
@@ -170,27 +220,68 @@ async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_
     // broker dropped none as a duplicate, and each device lost its connection once (the
     // restart) and connected twice in all.
     let scrape = gw.metrics().await?;
-    ensure!(counter(&scrape, DUPLICATE_CLIENT_ID) == 0.0, "{DUPLICATE_CLIENT_ID} = {}", counter(&scrape, DUPLICATE_CLIENT_ID));
+    ensure!(
+        counter(&scrape, DUPLICATE_CLIENT_ID) == 0.0,
+        "{DUPLICATE_CLIENT_ID} = {}",
+        counter(&scrape, DUPLICATE_CLIENT_ID)
+    );
     let logs = gw.logs();
-    let duplicates: Vec<&str> = logs.lines().filter(|l| l.contains("Duplicate client_id") || l.contains("took over a client id")).collect();
-    ensure!(duplicates.is_empty(), "sessions evicted as duplicates:\n{}", duplicates.join("\n"));
+    let duplicates: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("Duplicate client_id") || l.contains("took over a client id"))
+        .collect();
+    ensure!(
+        duplicates.is_empty(),
+        "sessions evicted as duplicates:\n{}",
+        duplicates.join("\n")
+    );
     let drops = fleet.stats.drops.load(Ordering::Relaxed) - drops_before;
-    ensure!(drops == n as u64, "{drops} connections lost for {n} devices: some lost theirs more than once");
-    let extra: Vec<_> = fleet.devices.iter().filter(|d| d.connacks.load(Ordering::Relaxed) != 2).map(|d| &d.id).collect();
-    ensure!(extra.is_empty(), "devices that connected other than twice: {:?}", &extra[..extra.len().min(10)]);
+    ensure!(
+        drops == n as u64,
+        "{drops} connections lost for {n} devices: some lost theirs more than once"
+    );
+    let extra: Vec<_> = fleet
+        .devices
+        .iter()
+        .filter(|d| d.connacks.load(Ordering::Relaxed) != 2)
+        .map(|d| &d.id)
+        .collect();
+    ensure!(
+        extra.is_empty(),
+        "devices that connected other than twice: {:?}",
+        &extra[..extra.len().min(10)]
+    );
 
     // Every press answered, and taken by a backend exactly once.
     stop.cancel();
     fleet.disconnect().await;
     gw.stop(Duration::from_secs(30)).await?;
-    let arrivals: Vec<(String, String, i64)> = mock.received().into_iter().map(|r| (r.key, r.press_id, r.arrived_us)).collect();
+    let arrivals: Vec<(String, String, i64)> = mock
+        .received()
+        .into_iter()
+        .map(|r| (r.key, r.press_id, r.arrived_us))
+        .collect();
     let integrity = tracker.integrity(&arrivals);
     let counts = tracker.counts();
-    ensure!(integrity.without_received == 0, "{} presses never answered", integrity.without_received);
-    ensure!(integrity.without_final == 0, "{} presses without a final answer", integrity.without_final);
-    ensure!(integrity.doubled == 0 && integrity.merged == 0, "{} presses doubled, {} merged", integrity.doubled, integrity.merged);
     ensure!(
-        integrity.unique_requests_at_backends == integrity.presses && arrivals.len() as u64 == integrity.presses,
+        integrity.without_received == 0,
+        "{} presses never answered",
+        integrity.without_received
+    );
+    ensure!(
+        integrity.without_final == 0,
+        "{} presses without a final answer",
+        integrity.without_final
+    );
+    ensure!(
+        integrity.doubled == 0 && integrity.merged == 0,
+        "{} presses doubled, {} merged",
+        integrity.doubled,
+        integrity.merged
+    );
+    ensure!(
+        integrity.unique_requests_at_backends == integrity.presses
+            && arrivals.len() as u64 == integrity.presses,
         "{} presses, {} requests at the backends ({} arrivals)",
         integrity.presses,
         integrity.unique_requests_at_backends,
@@ -222,10 +313,16 @@ async fn a_second_connection_under_a_connected_client_id_is_counted() -> Result<
     let first = SimDevice::connect(DeviceConfig::new("dup-a", &secret, gw.mqtt)).await?;
     let before = Metrics::scrape(&gw).await?;
     let (_second, _events) = raw_device(&gw, "dup-a", &secret, 4096).await?;
-    ensure!(first.wait_disconnected(WAIT).await, "the older connection was not dropped");
+    ensure!(
+        first.wait_disconnected(WAIT).await,
+        "the older connection was not dropped"
+    );
     // Stop the first device before it reconnects and takes the id back.
     drop(first);
-    metrics_until(&gw, "the duplicate client id counted", |m| before.delta(m, DUPLICATE_CLIENT_ID, &[]) >= 1.0).await?;
+    metrics_until(&gw, "the duplicate client id counted", |m| {
+        before.delta(m, DUPLICATE_CLIENT_ID, &[]) >= 1.0
+    })
+    .await?;
     gw.stop().await;
     Ok(())
 }

@@ -126,7 +126,11 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: RejectReason, message: impl Into<String>) -> Self {
-        Rejection { reason, message: message.into(), press_id: None }
+        Rejection {
+            reason,
+            message: message.into(),
+            press_id: None,
+        }
     }
 }
 
@@ -152,7 +156,10 @@ pub fn decode_press(payload: &[u8]) -> Result<(Press, usize), Rejection> {
 fn press_fields(obj: &Map<String, Value>) -> Result<(Press, usize), Rejection> {
     let id = required_str(obj, "id")?;
     if id.is_empty() {
-        return Err(Rejection::new(RejectReason::InvalidId, "id must not be empty"));
+        return Err(Rejection::new(
+            RejectReason::InvalidId,
+            "id must not be empty",
+        ));
     }
     if id.chars().count() > MAX_PRESS_ID_CHARS {
         return Err(Rejection::new(
@@ -161,12 +168,18 @@ fn press_fields(obj: &Map<String, Value>) -> Result<(Press, usize), Rejection> {
         ));
     }
     if id.chars().any(char::is_control) {
-        return Err(Rejection::new(RejectReason::InvalidId, "id must not contain control characters"));
+        return Err(Rejection::new(
+            RejectReason::InvalidId,
+            "id must not contain control characters",
+        ));
     }
 
     let button = required_str(obj, "button")?;
     if button.is_empty() {
-        return Err(Rejection::new(RejectReason::InvalidButton, "button must not be empty"));
+        return Err(Rejection::new(
+            RejectReason::InvalidButton,
+            "button must not be empty",
+        ));
     }
     if button.chars().count() > MAX_BUTTON_CHARS {
         return Err(Rejection::new(
@@ -174,7 +187,10 @@ fn press_fields(obj: &Map<String, Value>) -> Result<(Press, usize), Rejection> {
             format!("button longer than {MAX_BUTTON_CHARS} characters"),
         ));
     }
-    if !button.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-') {
+    if !button
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
         return Err(Rejection::new(
             RejectReason::InvalidButton,
             "button may contain only a-z, 0-9, '_' and '-'",
@@ -198,7 +214,13 @@ fn press_fields(obj: &Map<String, Value>) -> Result<(Press, usize), Rejection> {
     let known = ["id", "button", "gesture", "at", "battery"];
     let unknown = obj.keys().filter(|k| !known.contains(&k.as_str())).count();
     Ok((
-        Press { id: id.to_owned(), button: button.to_owned(), gesture, at, battery },
+        Press {
+            id: id.to_owned(),
+            button: button.to_owned(),
+            gesture,
+            at,
+            battery,
+        },
         unknown,
     ))
 }
@@ -252,7 +274,16 @@ pub fn decode_status(payload: &[u8]) -> Result<(Status, usize), Rejection> {
     };
     let known = ["online", "battery", "rssi", "fw", "at"];
     let unknown = obj.keys().filter(|k| !known.contains(&k.as_str())).count();
-    Ok((Status { online, battery, rssi, fw, at }, unknown))
+    Ok((
+        Status {
+            online,
+            battery,
+            rssi,
+            fw,
+            at,
+        },
+        unknown,
+    ))
 }
 
 fn object(payload: &[u8]) -> Result<Map<String, Value>, Rejection> {
@@ -266,8 +297,14 @@ fn object(payload: &[u8]) -> Result<Map<String, Value>, Rejection> {
         .map_err(|_| Rejection::new(RejectReason::NotUtf8, "payload is not UTF-8"))?;
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Rejection::new(RejectReason::NotObject, "payload must be a JSON object")),
-        Err(e) => Err(Rejection::new(RejectReason::NotJson, format!("payload is not JSON: {e}"))),
+        Ok(_) => Err(Rejection::new(
+            RejectReason::NotObject,
+            "payload must be a JSON object",
+        )),
+        Err(e) => Err(Rejection::new(
+            RejectReason::NotJson,
+            format!("payload is not JSON: {e}"),
+        )),
     }
 }
 
@@ -323,7 +360,10 @@ fn percent(v: &Value, field: &str, reason: RejectReason) -> Result<u8, Rejection
     }
     match v.as_i64() {
         Some(n @ 0..=100) => Ok(n as u8),
-        _ => Err(Rejection::new(reason, format!("{field} must be an integer from 0 to 100"))),
+        _ => Err(Rejection::new(
+            reason,
+            format!("{field} must be an integer from 0 to 100"),
+        )),
     }
 }
 
@@ -353,7 +393,8 @@ mod tests {
         decode_press(payload.as_bytes()).expect("payload must be accepted")
     }
 
-    const GOOD: &str = r#"{"id":"b7-000123","button":"main","gesture":"single","at":1764324000123,"battery":87}"#;
+    const GOOD: &str =
+        r#"{"id":"b7-000123","button":"main","gesture":"single","at":1764324000123,"battery":87}"#;
 
     #[test]
     fn accepts_the_design_example() {
@@ -393,75 +434,266 @@ mod tests {
         let max_id = "i".repeat(64);
         let long_button = "b".repeat(33);
         let cases: Vec<(String, RejectReason, &str, Option<&str>)> = vec![
-            ("[1,2]".into(), RejectReason::NotObject, "payload must be a JSON object", None),
-            ("\"press\"".into(), RejectReason::NotObject, "payload must be a JSON object", None),
-            (r#"{"button":"main","gesture":"single","at":1}"#.into(), RejectReason::MissingField, "id is required", None),
-            (r#"{"id":null,"button":"main","gesture":"single","at":1}"#.into(), RejectReason::MissingField, "id is required", None),
-            (r#"{"id":7,"button":"main","gesture":"single","at":1}"#.into(), RejectReason::WrongType, "id must be a string", None),
-            (r#"{"id":"","button":"main","gesture":"single","at":1}"#.into(), RejectReason::InvalidId, "id must not be empty", None),
-            (format!(r#"{{"id":"{long_id}","button":"main","gesture":"single","at":1}}"#), RejectReason::InvalidId, "id longer than 64 characters", None),
-            ("{\"id\":\"a\\u0007b\",\"button\":\"main\",\"gesture\":\"single\",\"at\":1}".into(), RejectReason::InvalidId, "id must not contain control characters", None),
-            (r#"{"id":"p1","gesture":"single","at":1}"#.into(), RejectReason::MissingField, "button is required", Some("p1")),
-            (r#"{"id":"p1","button":["main"],"gesture":"single","at":1}"#.into(), RejectReason::WrongType, "button must be a string", Some("p1")),
-            (r#"{"id":"p1","button":"","gesture":"single","at":1}"#.into(), RejectReason::InvalidButton, "button must not be empty", Some("p1")),
-            (format!(r#"{{"id":"p1","button":"{long_button}","gesture":"single","at":1}}"#), RejectReason::InvalidButton, "button longer than 32 characters", Some("p1")),
-            (r#"{"id":"p1","button":"Main","gesture":"single","at":1}"#.into(), RejectReason::InvalidButton, "button may contain only a-z, 0-9, '_' and '-'", Some("p1")),
-            (r#"{"id":"p1","button":"main","at":1}"#.into(), RejectReason::MissingField, "gesture is required", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":1,"at":1}"#.into(), RejectReason::WrongType, "gesture must be a string", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"tap","at":1}"#.into(), RejectReason::InvalidGesture, "gesture must be one of single|double|triple|long", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"SINGLE","at":1}"#.into(), RejectReason::InvalidGesture, "gesture must be one of single|double|triple|long", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single"}"#.into(), RejectReason::MissingField, "at is required", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single","at":"1764324000123"}"#.into(), RejectReason::WrongType, "at must be an integer (epoch milliseconds)", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single","at":1.5}"#.into(), RejectReason::WrongType, "at must be an integer (epoch milliseconds)", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single","at":-1}"#.into(), RejectReason::InvalidAt, "at must be epoch milliseconds between 1970 and 2100", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single","at":1764324000123000}"#.into(), RejectReason::InvalidAt, "at must be epoch milliseconds between 1970 and 2100", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single","at":18446744073709551615}"#.into(), RejectReason::InvalidAt, "at must be epoch milliseconds between 1970 and 2100", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single","at":1,"battery":101}"#.into(), RejectReason::InvalidBattery, "battery must be an integer from 0 to 100", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single","at":1,"battery":-3}"#.into(), RejectReason::InvalidBattery, "battery must be an integer from 0 to 100", Some("p1")),
-            (r#"{"id":"p1","button":"main","gesture":"single","at":1,"battery":"full"}"#.into(), RejectReason::WrongType, "battery must be an integer from 0 to 100", Some("p1")),
+            (
+                "[1,2]".into(),
+                RejectReason::NotObject,
+                "payload must be a JSON object",
+                None,
+            ),
+            (
+                "\"press\"".into(),
+                RejectReason::NotObject,
+                "payload must be a JSON object",
+                None,
+            ),
+            (
+                r#"{"button":"main","gesture":"single","at":1}"#.into(),
+                RejectReason::MissingField,
+                "id is required",
+                None,
+            ),
+            (
+                r#"{"id":null,"button":"main","gesture":"single","at":1}"#.into(),
+                RejectReason::MissingField,
+                "id is required",
+                None,
+            ),
+            (
+                r#"{"id":7,"button":"main","gesture":"single","at":1}"#.into(),
+                RejectReason::WrongType,
+                "id must be a string",
+                None,
+            ),
+            (
+                r#"{"id":"","button":"main","gesture":"single","at":1}"#.into(),
+                RejectReason::InvalidId,
+                "id must not be empty",
+                None,
+            ),
+            (
+                format!(r#"{{"id":"{long_id}","button":"main","gesture":"single","at":1}}"#),
+                RejectReason::InvalidId,
+                "id longer than 64 characters",
+                None,
+            ),
+            (
+                "{\"id\":\"a\\u0007b\",\"button\":\"main\",\"gesture\":\"single\",\"at\":1}".into(),
+                RejectReason::InvalidId,
+                "id must not contain control characters",
+                None,
+            ),
+            (
+                r#"{"id":"p1","gesture":"single","at":1}"#.into(),
+                RejectReason::MissingField,
+                "button is required",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":["main"],"gesture":"single","at":1}"#.into(),
+                RejectReason::WrongType,
+                "button must be a string",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"","gesture":"single","at":1}"#.into(),
+                RejectReason::InvalidButton,
+                "button must not be empty",
+                Some("p1"),
+            ),
+            (
+                format!(r#"{{"id":"p1","button":"{long_button}","gesture":"single","at":1}}"#),
+                RejectReason::InvalidButton,
+                "button longer than 32 characters",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"Main","gesture":"single","at":1}"#.into(),
+                RejectReason::InvalidButton,
+                "button may contain only a-z, 0-9, '_' and '-'",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","at":1}"#.into(),
+                RejectReason::MissingField,
+                "gesture is required",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":1,"at":1}"#.into(),
+                RejectReason::WrongType,
+                "gesture must be a string",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"tap","at":1}"#.into(),
+                RejectReason::InvalidGesture,
+                "gesture must be one of single|double|triple|long",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"SINGLE","at":1}"#.into(),
+                RejectReason::InvalidGesture,
+                "gesture must be one of single|double|triple|long",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single"}"#.into(),
+                RejectReason::MissingField,
+                "at is required",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single","at":"1764324000123"}"#.into(),
+                RejectReason::WrongType,
+                "at must be an integer (epoch milliseconds)",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single","at":1.5}"#.into(),
+                RejectReason::WrongType,
+                "at must be an integer (epoch milliseconds)",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single","at":-1}"#.into(),
+                RejectReason::InvalidAt,
+                "at must be epoch milliseconds between 1970 and 2100",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single","at":1764324000123000}"#.into(),
+                RejectReason::InvalidAt,
+                "at must be epoch milliseconds between 1970 and 2100",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single","at":18446744073709551615}"#
+                    .into(),
+                RejectReason::InvalidAt,
+                "at must be epoch milliseconds between 1970 and 2100",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single","at":1,"battery":101}"#.into(),
+                RejectReason::InvalidBattery,
+                "battery must be an integer from 0 to 100",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single","at":1,"battery":-3}"#.into(),
+                RejectReason::InvalidBattery,
+                "battery must be an integer from 0 to 100",
+                Some("p1"),
+            ),
+            (
+                r#"{"id":"p1","button":"main","gesture":"single","at":1,"battery":"full"}"#.into(),
+                RejectReason::WrongType,
+                "battery must be an integer from 0 to 100",
+                Some("p1"),
+            ),
         ];
         for (payload, reason, message, id) in cases {
             let r = reject(payload.as_bytes());
-            assert_eq!((r.reason, r.message.as_str()), (reason, message), "payload {payload}");
+            assert_eq!(
+                (r.reason, r.message.as_str()),
+                (reason, message),
+                "payload {payload}"
+            );
             assert_eq!(r.press_id.as_deref(), id, "echoed id for {payload}");
         }
         // The longest allowed id and the edge of the `at` range are accepted.
-        ok(&format!(r#"{{"id":"{max_id}","button":"main","gesture":"single","at":{MAX_AT_MS}}}"#));
+        ok(&format!(
+            r#"{{"id":"{max_id}","button":"main","gesture":"single","at":{MAX_AT_MS}}}"#
+        ));
     }
 
     #[test]
     fn byte_level_failures() {
         let r = reject(&[b'{', 0xff, 0xfe, b'}']);
-        assert_eq!((r.reason, r.message.as_str()), (RejectReason::NotUtf8, "payload is not UTF-8"));
+        assert_eq!(
+            (r.reason, r.message.as_str()),
+            (RejectReason::NotUtf8, "payload is not UTF-8")
+        );
         let r = reject(b"not json");
         assert_eq!(r.reason, RejectReason::NotJson);
-        assert!(r.message.starts_with("payload is not JSON: "), "{}", r.message);
+        assert!(
+            r.message.starts_with("payload is not JSON: "),
+            "{}",
+            r.message
+        );
         let r = reject(b"");
         assert_eq!(r.reason, RejectReason::NotJson);
-        let big = format!(r#"{{"id":"p","button":"main","gesture":"single","at":1,"pad":"{}"}}"#, "x".repeat(MAX_PAYLOAD_BYTES));
+        let big = format!(
+            r#"{{"id":"p","button":"main","gesture":"single","at":1,"pad":"{}"}}"#,
+            "x".repeat(MAX_PAYLOAD_BYTES)
+        );
         let r = reject(big.as_bytes());
-        assert_eq!((r.reason, r.message.as_str()), (RejectReason::TooLarge, "payload larger than 4096 bytes"));
+        assert_eq!(
+            (r.reason, r.message.as_str()),
+            (RejectReason::TooLarge, "payload larger than 4096 bytes")
+        );
     }
 
     #[test]
     fn status_rules() {
-        let (s, unknown) = decode_status(br#"{"online":true,"battery":87,"rssi":-61,"fw":"1.4.2","at":1764324000123}"#).unwrap();
-        assert_eq!(s, Status { online: true, battery: Some(87), rssi: Some(-61), fw: Some("1.4.2".into()), at: Some(1_764_324_000_123) });
+        let (s, unknown) = decode_status(
+            br#"{"online":true,"battery":87,"rssi":-61,"fw":"1.4.2","at":1764324000123}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            Status {
+                online: true,
+                battery: Some(87),
+                rssi: Some(-61),
+                fw: Some("1.4.2".into()),
+                at: Some(1_764_324_000_123)
+            }
+        );
         assert_eq!(unknown, 0);
         let (s, _) = decode_status(br#"{"online":false}"#).unwrap();
         assert!(!s.online);
         let cases: [(&[u8], RejectReason, &str); 7] = [
             (br#"{}"#, RejectReason::MissingField, "online is required"),
-            (br#"{"online":"yes"}"#, RejectReason::WrongType, "online must be a boolean"),
-            (br#"{"online":true,"battery":200}"#, RejectReason::InvalidStatus, "battery must be an integer from 0 to 100"),
-            (br#"{"online":true,"rssi":12}"#, RejectReason::InvalidStatus, "rssi must be an integer from -200 to 0 (dBm)"),
-            (br#"{"online":true,"fw":3}"#, RejectReason::WrongType, "fw must be a string"),
-            (br#"{"online":true,"at":-5}"#, RejectReason::InvalidAt, "at must be epoch milliseconds between 1970 and 2100"),
-            (br#"[true]"#, RejectReason::NotObject, "payload must be a JSON object"),
+            (
+                br#"{"online":"yes"}"#,
+                RejectReason::WrongType,
+                "online must be a boolean",
+            ),
+            (
+                br#"{"online":true,"battery":200}"#,
+                RejectReason::InvalidStatus,
+                "battery must be an integer from 0 to 100",
+            ),
+            (
+                br#"{"online":true,"rssi":12}"#,
+                RejectReason::InvalidStatus,
+                "rssi must be an integer from -200 to 0 (dBm)",
+            ),
+            (
+                br#"{"online":true,"fw":3}"#,
+                RejectReason::WrongType,
+                "fw must be a string",
+            ),
+            (
+                br#"{"online":true,"at":-5}"#,
+                RejectReason::InvalidAt,
+                "at must be epoch milliseconds between 1970 and 2100",
+            ),
+            (
+                br#"[true]"#,
+                RejectReason::NotObject,
+                "payload must be a JSON object",
+            ),
         ];
         for (payload, reason, message) in cases {
             let r = decode_status(payload).unwrap_err();
-            assert_eq!((r.reason, r.message.as_str()), (reason, message), "{}", String::from_utf8_lossy(payload));
+            assert_eq!(
+                (r.reason, r.message.as_str()),
+                (reason, message),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
         }
     }
 

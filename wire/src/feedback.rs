@@ -148,7 +148,11 @@ mod tests {
         let back: Feedback = serde_json::from_value(v).unwrap();
         assert_eq!(back, f);
 
-        let r = Feedback::rejected(Some("b7-1".into()), "gesture must be one of single|double|triple|long", 9);
+        let r = Feedback::rejected(
+            Some("b7-1".into()),
+            "gesture must be one of single|double|triple|long",
+            9,
+        );
         let v: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
         assert_eq!(
             v,
@@ -160,8 +164,14 @@ mod tests {
     fn state_spelling() {
         for s in FeedbackState::ALL {
             assert_eq!(s.as_str().parse::<FeedbackState>().unwrap(), *s);
-            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
-        assert!("done".parse::<FeedbackState>().unwrap_err().starts_with("state must be one of received|"));
+        assert!("done"
+            .parse::<FeedbackState>()
+            .unwrap_err()
+            .starts_with("state must be one of received|"));
     }
 }

@@ -87,8 +87,17 @@ mod tests {
             "tap".parse::<Gesture>().unwrap_err(),
             "gesture must be one of single|double|triple|long"
         );
-        assert_eq!("welfare_check".parse::<Service>().unwrap(), Service::WelfareCheck);
-        assert!("Rescue".parse::<Service>().is_err(), "spelling is case-sensitive");
-        assert_eq!(serde_json::to_string(&Priority::Emergency).unwrap(), "\"emergency\"");
+        assert_eq!(
+            "welfare_check".parse::<Service>().unwrap(),
+            Service::WelfareCheck
+        );
+        assert!(
+            "Rescue".parse::<Service>().is_err(),
+            "spelling is case-sensitive"
+        );
+        assert_eq!(
+            serde_json::to_string(&Priority::Emergency).unwrap(),
+            "\"emergency\""
+        );
     }
 }

@@ -16,7 +16,7 @@ mod kinds;
 pub mod os;
 pub mod topic;
 
-pub use decode::{decode_press, decode_status, Press, Rejection, RejectReason, Status};
+pub use decode::{decode_press, decode_status, Press, RejectReason, Rejection, Status};
 pub use feedback::{Feedback, FeedbackState};
 pub use kinds::{Gesture, Priority, Service};
 

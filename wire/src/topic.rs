@@ -38,7 +38,9 @@ impl Kind {
 pub fn is_valid_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_DEVICE_ID_CHARS
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Why a device id is not acceptable, or `None` when it is.
@@ -46,7 +48,9 @@ pub fn device_id_problem(id: &str) -> Option<String> {
     if id.is_empty() {
         Some("device id must not be empty".into())
     } else if id.chars().count() > MAX_DEVICE_ID_CHARS {
-        Some(format!("device id longer than {MAX_DEVICE_ID_CHARS} characters"))
+        Some(format!(
+            "device id longer than {MAX_DEVICE_ID_CHARS} characters"
+        ))
     } else if !is_valid_device_id(id) {
         Some("device id may contain only A-Z, a-z, 0-9, '_' and '-'".into())
     } else {
@@ -87,8 +91,14 @@ mod tests {
         let t = topic("b7", Kind::Press);
         assert_eq!(t, "yijian/v1/devices/b7/press");
         assert_eq!(parse(&t), Some(("b7", Kind::Press)));
-        assert_eq!(parse("yijian/v1/devices/b7/status"), Some(("b7", Kind::Status)));
-        assert_eq!(parse("yijian/v1/devices/b7/feedback"), Some(("b7", Kind::Feedback)));
+        assert_eq!(
+            parse("yijian/v1/devices/b7/status"),
+            Some(("b7", Kind::Status))
+        );
+        assert_eq!(
+            parse("yijian/v1/devices/b7/feedback"),
+            Some(("b7", Kind::Feedback))
+        );
     }
 
     #[test]
@@ -114,8 +124,13 @@ mod tests {
     #[test]
     fn device_id_rules() {
         assert!(is_valid_device_id("Ab-9_z"));
-        assert_eq!(device_id_problem(""), Some("device id must not be empty".into()));
-        assert!(device_id_problem(&"x".repeat(65)).unwrap().contains("longer than 64"));
+        assert_eq!(
+            device_id_problem(""),
+            Some("device id must not be empty".into())
+        );
+        assert!(device_id_problem(&"x".repeat(65))
+            .unwrap()
+            .contains("longer than 64"));
         assert!(device_id_problem("a/b").unwrap().contains("only"));
         assert!(device_id_problem("a+b").is_some());
         assert!(device_id_problem("设备").is_some());

@@ -46,12 +46,16 @@ impl Device {
         if !self.ready.load(Ordering::SeqCst) {
             return true;
         }
-        self.client.try_publish(&self.press_topic, QoS::AtLeastOnce, false, payload).is_ok()
+        self.client
+            .try_publish(&self.press_topic, QoS::AtLeastOnce, false, payload)
+            .is_ok()
     }
 
     /// Queue a heartbeat (retained, as DESIGN §2 asks).
     pub fn heartbeat(&self, payload: Vec<u8>) -> bool {
-        self.client.try_publish(&self.status_topic, QoS::AtLeastOnce, true, payload).is_ok()
+        self.client
+            .try_publish(&self.status_topic, QoS::AtLeastOnce, true, payload)
+            .is_ok()
     }
 }
 
@@ -85,17 +89,31 @@ pub struct FleetOptions {
 impl Fleet {
     /// Start every device's connection, paced at `connect_rate` with jitter. Returns at once;
     /// watch `stats.connected`.
-    pub fn start(creds: &[Credential], opts: &FleetOptions, tracker: Arc<Tracker>, stop: CancellationToken) -> Fleet {
+    pub fn start(
+        creds: &[Credential],
+        opts: &FleetOptions,
+        tracker: Arc<Tracker>,
+        stop: CancellationToken,
+    ) -> Fleet {
         let stats = Arc::new(FleetStats::default());
         let mut devices = Vec::with_capacity(creds.len());
         let ramp_start = Instant::now();
         for (idx, c) in creds.iter().enumerate() {
-            let mut o = MqttOptions::new(&c.device_id, opts.broker.ip().to_string(), opts.broker.port());
+            let mut o = MqttOptions::new(
+                &c.device_id,
+                opts.broker.ip().to_string(),
+                opts.broker.port(),
+            );
             o.set_credentials(&c.device_id, &c.secret);
             o.set_clean_session(false);
             o.set_keep_alive(opts.keep_alive);
             let status_topic = topic::topic(&c.device_id, topic::Kind::Status);
-            o.set_last_will(LastWill::new(&status_topic, r#"{"online":false}"#, QoS::AtLeastOnce, true));
+            o.set_last_will(LastWill::new(
+                &status_topic,
+                r#"{"online":false}"#,
+                QoS::AtLeastOnce,
+                true,
+            ));
             let (client, mut events) = AsyncClient::new(o, 64);
             events.network_options.set_tcp_nodelay(true);
             // A long connect timeout: a client that gives up after 5 s and retries while the
@@ -113,7 +131,8 @@ impl Fleet {
             devices.push(dev.clone());
             // Evenly paced with ±50% jitter: no thundering herd.
             let slot = idx as f64 / opts.connect_rate.max(1.0);
-            let start_at = ramp_start + Duration::from_secs_f64(slot * rand::thread_rng().gen_range(0.5..1.5));
+            let start_at =
+                ramp_start + Duration::from_secs_f64(slot * rand::thread_rng().gen_range(0.5..1.5));
             let (tracker, stats, stop) = (tracker.clone(), stats.clone(), stop.clone());
             tokio::spawn(async move {
                 tokio::select! {
@@ -127,7 +146,12 @@ impl Fleet {
     }
 
     /// Wait until `n` devices are connected or `timeout` passes; returns the time it took.
-    pub async fn wait_connected(&self, n: usize, timeout: Duration, mut progress: impl FnMut(usize)) -> Option<Duration> {
+    pub async fn wait_connected(
+        &self,
+        n: usize,
+        timeout: Duration,
+        mut progress: impl FnMut(usize),
+    ) -> Option<Duration> {
         let start = Instant::now();
         loop {
             let c = self.stats.connected.load(Ordering::Relaxed);
@@ -189,7 +213,9 @@ async fn run_device(
                     stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 }
                 failures = failures.saturating_add(1);
-                let base = Duration::from_millis(500).saturating_mul(1 << failures.min(6)).min(Duration::from_secs(30));
+                let base = Duration::from_millis(500)
+                    .saturating_mul(1 << failures.min(6))
+                    .min(Duration::from_secs(30));
                 let wait = base / 2 + base.mul_f64(rand::thread_rng().gen_range(0.0..0.5));
                 tokio::select! {
                     _ = stop.cancelled() => return,

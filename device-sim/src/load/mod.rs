@@ -45,7 +45,10 @@ pub struct RunOptions {
 }
 
 fn epoch_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// Button of a three-button device for a service.
@@ -60,10 +63,21 @@ fn button(s: Service) -> &'static str {
 /// Run the load; the report says whether anything was lost or doubled.
 pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Report> {
     let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(opts.backends_listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen for mock backends on {}: {e}", opts.backends_listen)
-    })?;
-    let mock = MockBackends::start(listener, MockOptions { keep_bodies: false, ..Default::default() })?;
+    let listener = tokio::net::TcpListener::bind(opts.backends_listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for mock backends on {}: {e}",
+                opts.backends_listen
+            )
+        })?;
+    let mock = MockBackends::start(
+        listener,
+        MockOptions {
+            keep_bodies: false,
+            ..Default::default()
+        },
+    )?;
     let tracker = Arc::new(Tracker::new(opts.retransmit));
     let n = creds.len().min(opts.devices);
     let fleet_opts = FleetOptions {
@@ -71,14 +85,23 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
         connect_rate: opts.connect_rate,
         keep_alive: (opts.heartbeat * 2).max(Duration::from_secs(60)),
     };
-    let fleet = Arc::new(Fleet::start(&creds[..n], &fleet_opts, tracker.clone(), stop.clone()));
-    let ramp = Duration::from_secs_f64(n as f64 / opts.connect_rate.max(1.0) * 1.5) + Duration::from_secs(60);
+    let fleet = Arc::new(Fleet::start(
+        &creds[..n],
+        &fleet_opts,
+        tracker.clone(),
+        stop.clone(),
+    ));
+    let ramp = Duration::from_secs_f64(n as f64 / opts.connect_rate.max(1.0) * 1.5)
+        + Duration::from_secs(60);
     let started = Instant::now();
     let progress = opts.progress;
     let connect_time = fleet
         .wait_connected(n, ramp, |c| {
             if progress && started.elapsed().as_millis() % 1000 < 200 {
-                eprintln!("[{:>5.1}s] connecting {c}/{n}", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "[{:>5.1}s] connecting {c}/{n}",
+                    started.elapsed().as_secs_f64()
+                );
             }
         })
         .await;
@@ -86,7 +109,11 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
     if let Some(t) = connect_time {
         eprintln!("connected {n} devices in {:.1} s", t.as_secs_f64());
     } else {
-        eprintln!("only {}/{n} devices connected within {:.0} s; pressing anyway", fleet.stats.connected.load(Ordering::Relaxed), ramp.as_secs_f64());
+        eprintln!(
+            "only {}/{n} devices connected within {:.0} s; pressing anyway",
+            fleet.stats.connected.load(Ordering::Relaxed),
+            ramp.as_secs_f64()
+        );
     }
 
     tokio::spawn(heartbeats(fleet.clone(), opts.heartbeat, stop.clone()));
@@ -101,10 +128,12 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
             steps.push(step);
         }
         Some(limit) => {
-            let (mut rate, mut good, mut bad): (f64, Option<f64>, Option<f64>) = (opts.rate, None, None);
+            let (mut rate, mut good, mut bad): (f64, Option<f64>, Option<f64>) =
+                (opts.rate, None, None);
             loop {
                 let step = press_phase(&opts, rate, opts.step, &fleet, &tracker).await;
-                let held = step.lost == 0 && step.press_to_dispatched.p99_ms <= limit.as_secs_f64() * 1000.0;
+                let held = step.lost == 0
+                    && step.press_to_dispatched.p99_ms <= limit.as_secs_f64() * 1000.0;
                 eprintln!(
                     "step {:.0} presses/s: p99 press → dispatched {:.1} ms, lost {} → {}",
                     rate,
@@ -128,12 +157,17 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
         }
     }
     let press_elapsed = press_started.elapsed();
-    let cpu = report::sum_over(&opts.gateway_pids, report::cpu_seconds).zip(cpu_before).map(|(a, b)| a - b);
+    let cpu = report::sum_over(&opts.gateway_pids, report::cpu_seconds)
+        .zip(cpu_before)
+        .map(|(a, b)| a - b);
     stop.cancel();
     fleet.disconnect().await;
 
-    let arrivals: Vec<(String, String, i64)> =
-        mock.received().into_iter().map(|r| (r.key, r.press_id, r.arrived_us)).collect();
+    let arrivals: Vec<(String, String, i64)> = mock
+        .received()
+        .into_iter()
+        .map(|r| (r.key, r.press_id, r.arrived_us))
+        .collect();
     let integrity = tracker.integrity(&arrivals);
     let fs = &fleet.stats;
     Ok(Report::build(
@@ -156,7 +190,13 @@ pub async fn run(opts: RunOptions, creds: Vec<Credential>) -> anyhow::Result<Rep
 }
 
 /// Press at `rate` for `duration`, then wait for the answers; one step's report.
-async fn press_phase(opts: &RunOptions, rate: f64, duration: Duration, fleet: &Arc<Fleet>, tracker: &Arc<Tracker>) -> StepReport {
+async fn press_phase(
+    opts: &RunOptions,
+    rate: f64,
+    duration: Duration,
+    fleet: &Arc<Fleet>,
+    tracker: &Arc<Tracker>,
+) -> StepReport {
     let _ = tracker.take_step();
     let start = Instant::now();
     let end = start + duration;
@@ -209,7 +249,11 @@ async fn press_phase(opts: &RunOptions, rate: f64, duration: Duration, fleet: &A
                 c.publish_errors + c.rejected
             );
         }
-        let wake = if rate > 0.0 { next.min(end) } else { (now + Duration::from_secs(1)).min(end) };
+        let wake = if rate > 0.0 {
+            next.min(end)
+        } else {
+            (now + Duration::from_secs(1)).min(end)
+        };
         tokio::time::sleep_until(wake).await;
     }
     let phase = start.elapsed();
@@ -219,7 +263,9 @@ async fn press_phase(opts: &RunOptions, rate: f64, duration: Duration, fleet: &A
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (h, c) = tracker.take_step();
-    let lost = c.sent.saturating_sub(c.dispatched + c.escalated + c.other_final + c.rejected);
+    let lost = c
+        .sent
+        .saturating_sub(c.dispatched + c.escalated + c.other_final + c.rejected);
     StepReport {
         rate_offered: rate,
         seconds: phase.as_secs_f64(),
@@ -251,7 +297,12 @@ async fn heartbeats(fleet: Arc<Fleet>, every: Duration, stop: CancellationToken)
         for i in (slot..n).step_by(ticks) {
             let d = &fleet.devices[i];
             if d.connected.load(Ordering::Relaxed) {
-                let payload = format!(r#"{{"online":true,"battery":{},"rssi":-{},"at":{}}}"#, rng.gen_range(20..100), rng.gen_range(40..90), epoch_us() / 1000);
+                let payload = format!(
+                    r#"{{"online":true,"battery":{},"rssi":-{},"at":{}}}"#,
+                    rng.gen_range(20..100),
+                    rng.gen_range(40..90),
+                    epoch_us() / 1000
+                );
                 let _ = d.heartbeat(payload.into_bytes());
             }
         }

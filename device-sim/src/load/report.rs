@@ -25,7 +25,14 @@ impl Quantiles {
             return Quantiles::default();
         }
         let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
-        Quantiles { count: h.len(), p50_ms: q(0.5), p90_ms: q(0.9), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: h.max() as f64 / 1000.0 }
+        Quantiles {
+            count: h.len(),
+            p50_ms: q(0.5),
+            p90_ms: q(0.9),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        }
     }
 }
 
@@ -100,7 +107,9 @@ impl Report {
         let max_rate_held = opts.max_rate.and_then(|limit| {
             steps
                 .iter()
-                .filter(|s| s.lost == 0 && s.press_to_dispatched.p99_ms <= limit.as_secs_f64() * 1000.0)
+                .filter(|s| {
+                    s.lost == 0 && s.press_to_dispatched.p99_ms <= limit.as_secs_f64() * 1000.0
+                })
                 .map(|s| s.rate_offered)
                 .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))
         });
@@ -119,7 +128,11 @@ impl Report {
             without_final_answer: integrity.without_final,
             doubled: integrity.doubled,
             merged_into_open_request: integrity.merged,
-            press_to_backend: integrity.backend_latency.as_ref().map(Quantiles::of).unwrap_or_default(),
+            press_to_backend: integrity
+                .backend_latency
+                .as_ref()
+                .map(Quantiles::of)
+                .unwrap_or_default(),
             pressing_seconds: pressing.as_secs_f64(),
             steps,
             max_rate_held,
@@ -149,48 +162,116 @@ fn row(f: &mut fmt::Formatter<'_>, name: &str, q: &Quantiles) -> fmt::Result {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "devices: {} (heartbeat every {:.0} s)", self.devices, self.heartbeat_s)?;
+        writeln!(
+            f,
+            "devices: {} (heartbeat every {:.0} s)",
+            self.devices, self.heartbeat_s
+        )?;
         match self.connect_seconds {
             Some(s) => writeln!(f, "connect: all {} connected in {:.1} s", self.devices, s)?,
-            None => writeln!(f, "connect: NOT all connected ({} at the end)", self.connected_at_end)?,
+            None => writeln!(
+                f,
+                "connect: NOT all connected ({} at the end)",
+                self.connected_at_end
+            )?,
         }
-        writeln!(f, "connections dropped after being established: {} (failed attempts: {})", self.connection_drops, self.failed_connect_attempts)?;
+        writeln!(
+            f,
+            "connections dropped after being established: {} (failed attempts: {})",
+            self.connection_drops, self.failed_connect_attempts
+        )?;
         for s in &self.steps {
             writeln!(
                 f,
                 "\nrate {:.0} presses/s for {:.1} s: sent {}, dispatched {}, escalated {}, unanswered {}, throughput {:.1}/s, retransmits {}",
                 s.rate_offered, s.seconds, s.sent, s.dispatched, s.escalated, s.lost, s.throughput, s.retransmits
             )?;
-            writeln!(f, "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "count")?;
+            writeln!(
+                f,
+                "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "count"
+            )?;
             row(f, "press → received", &s.press_to_received)?;
             row(f, "press → dispatched", &s.press_to_dispatched)?;
         }
-        writeln!(f, "\nall steps: press → arrival at the mock backend (backend side):")?;
-        writeln!(f, "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "count")?;
+        writeln!(
+            f,
+            "\nall steps: press → arrival at the mock backend (backend side):"
+        )?;
+        writeln!(
+            f,
+            "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "count"
+        )?;
         row(f, "press → backend", &self.press_to_backend)?;
         if let Some(r) = self.max_rate_held {
             writeln!(f, "\nhighest rate that held: {r:.0} presses/s")?;
         }
         writeln!(f, "\nintegrity:")?;
         writeln!(f, "  presses sent                 {}", self.presses_sent)?;
-        writeln!(f, "  unique requests at backends  {} ({} attempts, {} repeated keys answered 409)", self.unique_requests_at_backends, self.backend_attempts, self.backend_duplicates_409)?;
-        writeln!(f, "  presses without received     {}", self.without_received)?;
-        writeln!(f, "  presses without final answer {}", self.without_final_answer)?;
+        writeln!(
+            f,
+            "  unique requests at backends  {} ({} attempts, {} repeated keys answered 409)",
+            self.unique_requests_at_backends, self.backend_attempts, self.backend_duplicates_409
+        )?;
+        writeln!(
+            f,
+            "  presses without received     {}",
+            self.without_received
+        )?;
+        writeln!(
+            f,
+            "  presses without final answer {}",
+            self.without_final_answer
+        )?;
         writeln!(f, "  doubled presses              {}", self.doubled)?;
-        writeln!(f, "  merged into an open request  {}", self.merged_into_open_request)?;
-        if let (Some(a), Some(e), Some(p)) = (self.gateway_rss_kb_after_connect, self.gateway_rss_kb_at_end, self.gateway_peak_rss_kb) {
-            writeln!(f, "gateway RSS: {:.1} MiB after connect, {:.1} MiB at end, peak {:.1} MiB", a as f64 / 1024.0, e as f64 / 1024.0, p as f64 / 1024.0)?;
+        writeln!(
+            f,
+            "  merged into an open request  {}",
+            self.merged_into_open_request
+        )?;
+        if let (Some(a), Some(e), Some(p)) = (
+            self.gateway_rss_kb_after_connect,
+            self.gateway_rss_kb_at_end,
+            self.gateway_peak_rss_kb,
+        ) {
+            writeln!(
+                f,
+                "gateway RSS: {:.1} MiB after connect, {:.1} MiB at end, peak {:.1} MiB",
+                a as f64 / 1024.0,
+                e as f64 / 1024.0,
+                p as f64 / 1024.0
+            )?;
         }
-        if let (Some(c), Some(k)) = (self.gateway_cpu_seconds, self.gateway_cpu_s_per_1000_presses) {
-            writeln!(f, "gateway CPU: {c:.1} s while pressing and draining, {k:.3} s per 1,000 presses")?;
+        if let (Some(c), Some(k)) = (
+            self.gateway_cpu_seconds,
+            self.gateway_cpu_s_per_1000_presses,
+        ) {
+            writeln!(
+                f,
+                "gateway CPU: {c:.1} s while pressing and draining, {k:.3} s per 1,000 presses"
+            )?;
         }
-        write!(f, "result: {}", if self.ok() { "OK — nothing lost, nothing doubled" } else { "FAILED — presses lost or doubled" })
+        write!(
+            f,
+            "result: {}",
+            if self.ok() {
+                "OK — nothing lost, nothing doubled"
+            } else {
+                "FAILED — presses lost or doubled"
+            }
+        )
     }
 }
 
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// `f` summed over several processes; None when there are none or one cannot be read. (A sum
@@ -232,7 +313,10 @@ mod tests {
         assert_eq!(sum_over(&[], rss_kb), None);
         let one = sum_over(&[me], |_| Some(5u64)).unwrap();
         assert_eq!(sum_over(&[me, me], |_| Some(5u64)), Some(2 * one));
-        assert!(sum_over(&[me], rss_kb).is_some(), "this process's RSS is readable");
+        assert!(
+            sum_over(&[me], rss_kb).is_some(),
+            "this process's RSS is readable"
+        );
         assert_eq!(sum_over(&[me, u32::MAX], rss_kb), None, "no such process");
     }
 }

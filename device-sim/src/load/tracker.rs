@@ -33,7 +33,10 @@ pub struct Histograms {
 impl Histograms {
     fn new() -> Self {
         let h = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
-        Histograms { received: h(), dispatched: h() }
+        Histograms {
+            received: h(),
+            dispatched: h(),
+        }
     }
 }
 
@@ -89,26 +92,47 @@ impl Tracker {
         let mut i = self.inner.lock().expect("tracker lock");
         i.presses.insert(
             id.to_owned(),
-            PressRec { sent: now, sent_us, received: false, final_state: None, requests: Vec::new() },
+            PressRec {
+                sent: now,
+                sent_us,
+                received: false,
+                final_state: None,
+                requests: Vec::new(),
+            },
         );
-        i.unanswered.insert(id.to_owned(), Unanswered { device, payload, next_send: now + jitter(self.retransmit) });
+        i.unanswered.insert(
+            id.to_owned(),
+            Unanswered {
+                device,
+                payload,
+                next_send: now + jitter(self.retransmit),
+            },
+        );
         i.counts.sent += 1;
     }
 
     /// A publish could not be queued; the retransmitter will try again.
     pub fn publish_error(&self) {
-        self.inner.lock().expect("tracker lock").counts.publish_errors += 1;
+        self.inner
+            .lock()
+            .expect("tracker lock")
+            .counts
+            .publish_errors += 1;
     }
 
     /// A device heard a feedback message.
     pub fn heard(&self, payload: &[u8], at: Instant) {
-        let Ok(f) = serde_json::from_slice::<Feedback>(payload) else { return };
+        let Ok(f) = serde_json::from_slice::<Feedback>(payload) else {
+            return;
+        };
         let Some(id) = f.press.as_deref() else { return };
         let mut guard = self.inner.lock().expect("tracker lock");
         let i = &mut *guard;
         i.counts.feedback_heard += 1;
         i.unanswered.remove(id);
-        let Some(p) = i.presses.get_mut(id) else { return };
+        let Some(p) = i.presses.get_mut(id) else {
+            return;
+        };
         if let Some(r) = &f.request {
             if !p.requests.contains(r) {
                 p.requests.push(r.clone());
@@ -128,9 +152,10 @@ impl Tracker {
                 }
                 FeedbackState::Escalated => i.counts.escalated += 1,
                 FeedbackState::Rejected => i.counts.rejected += 1,
-                FeedbackState::Cancelled | FeedbackState::Closed | FeedbackState::EnRoute | FeedbackState::Arrived => {
-                    i.counts.other_final += 1
-                }
+                FeedbackState::Cancelled
+                | FeedbackState::Closed
+                | FeedbackState::EnRoute
+                | FeedbackState::Arrived => i.counts.other_final += 1,
                 FeedbackState::Received => return,
             }
             p.final_state = Some(f.state);
@@ -153,7 +178,11 @@ impl Tracker {
     /// Unanswered presses of one device (resent after it reconnects).
     pub fn unanswered_of(&self, device: u32) -> Vec<Vec<u8>> {
         let i = self.inner.lock().expect("tracker lock");
-        i.unanswered.values().filter(|u| u.device == device).map(|u| u.payload.clone()).collect()
+        i.unanswered
+            .values()
+            .filter(|u| u.device == device)
+            .map(|u| u.payload.clone())
+            .collect()
     }
 
     /// Current counters.
@@ -181,12 +210,16 @@ impl Tracker {
         // arrivals: (request id, press id, arrival epoch µs), one per unique Idempotency-Key.
         let i = self.inner.lock().expect("tracker lock");
         let mut report = Integrity::default();
-        let mut backend_latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+        let mut backend_latency =
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
         let mut presses_at_backend: HashMap<&str, HashSet<&str>> = HashMap::new();
         let mut keys = HashSet::new();
         for (key, press, arrived_us) in arrivals {
             keys.insert(key.as_str());
-            presses_at_backend.entry(press.as_str()).or_default().insert(key.as_str());
+            presses_at_backend
+                .entry(press.as_str())
+                .or_default()
+                .insert(key.as_str());
             if let Some(p) = i.presses.get(press) {
                 let _ = backend_latency.record((arrived_us - p.sent_us).max(1) as u64);
             }
@@ -247,12 +280,19 @@ impl Mix {
     pub fn parse(s: &str) -> Result<Mix, String> {
         let mut weights = Vec::new();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| format!("mix entry {part:?} must be service=weight"))?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("mix entry {part:?} must be service=weight"))?;
             let service: Service = k.trim().parse()?;
             if !matches!(service, Service::Rescue | Service::Taxi | Service::Hospital) {
-                return Err(format!("mix service must be rescue, taxi or hospital (got {k})"));
+                return Err(format!(
+                    "mix service must be rescue, taxi or hospital (got {k})"
+                ));
             }
-            let w: f64 = v.trim().parse().map_err(|_| format!("mix weight {v:?} is not a number"))?;
+            let w: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("mix weight {v:?} is not a number"))?;
             if !(w >= 0.0 && w.is_finite()) {
                 return Err(format!("mix weight {v:?} must be a non-negative number"));
             }
@@ -274,7 +314,10 @@ impl Mix {
             }
             x -= w;
         }
-        self.weights.last().map(|(s, _)| *s).unwrap_or(Service::Rescue)
+        self.weights
+            .last()
+            .map(|(s, _)| *s)
+            .unwrap_or(Service::Rescue)
     }
 }
 
@@ -306,13 +349,17 @@ mod tests {
         t.sent("c", 1, 1_000, b"{}".to_vec());
         let now = Instant::now();
         let fb = |press: &str, req: &str, state: &str| {
-            format!(r#"{{"press":"{press}","request":"{req}","state":"{state}","at":1}}"#).into_bytes()
+            format!(r#"{{"press":"{press}","request":"{req}","state":"{state}","at":1}}"#)
+                .into_bytes()
         };
         t.heard(&fb("a", "r1", "received"), now);
         t.heard(&fb("a", "r1", "dispatched"), now);
         t.heard(&fb("b", "r2", "received"), now);
         t.heard(&fb("b", "r3", "dispatched"), now); // doubled: two requests for one press
-        let arrivals = vec![("r1".to_owned(), "a".to_owned(), 3_000), ("r2".to_owned(), "b".to_owned(), 3_000)];
+        let arrivals = vec![
+            ("r1".to_owned(), "a".to_owned(), 3_000),
+            ("r2".to_owned(), "b".to_owned(), 3_000),
+        ];
         let i = t.integrity(&arrivals);
         assert_eq!(i.presses, 3);
         assert_eq!(i.without_received, 1, "c never heard back");

@@ -41,14 +41,24 @@ enum LocalTime {
     /// Given as `HH:MM`.
     Given(u16),
     /// An instant seen in a zone.
-    Zoned { minutes: u16, zone: String, instant: jiff::Timestamp, now: bool },
+    Zoned {
+        minutes: u16,
+        zone: String,
+        instant: jiff::Timestamp,
+        now: bool,
+    },
     /// No zone is known.
     Unknown { why: String },
 }
 
 /// `rules explain`: prints the inputs, then the explanation. `now_ms` is the clock for a
 /// press without `--at`.
-pub fn rules_explain(cfg: &Config, args: &ExplainArgs, now_ms: i64, out: &mut dyn Write) -> Result<(), AdminError> {
+pub fn rules_explain(
+    cfg: &Config,
+    args: &ExplainArgs,
+    now_ms: i64,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
     let (set, source) = load(cfg, out)?;
     let mut profile = args.profile.clone();
     let mut resident_id = args.resident.clone();
@@ -86,44 +96,81 @@ pub fn rules_explain(cfg: &Config, args: &ExplainArgs, now_ms: i64, out: &mut dy
         }
     }
     let Some(profile) = profile else {
-        return Err(AdminError("give --device ID, or --profile P (with --button and --gesture)".into()));
+        return Err(AdminError(
+            "give --device ID, or --profile P (with --button and --gesture)".into(),
+        ));
     };
     let button = args.button.clone().unwrap_or_else(|| "main".into());
     let gesture = args.gesture.unwrap_or(Gesture::Single);
 
     let info = resident.as_ref().map(ResidentInfo::from);
-    let mut attrs: BTreeMap<String, AttrValue> = info.as_ref().map(|i| i.attributes.clone()).unwrap_or_default();
+    let mut attrs: BTreeMap<String, AttrValue> = info
+        .as_ref()
+        .map(|i| i.attributes.clone())
+        .unwrap_or_default();
     for a in &args.attrs {
-        let (k, v) = a
-            .split_once('=')
-            .ok_or_else(|| AdminError(format!("--attr {a:?} must look like name=value (e.g. lives_alone=true)")))?;
+        let (k, v) = a.split_once('=').ok_or_else(|| {
+            AdminError(format!(
+                "--attr {a:?} must look like name=value (e.g. lives_alone=true)"
+            ))
+        })?;
         attrs.insert(k.trim().to_owned(), attr_value(v.trim()));
     }
     let zone = zone(cfg, args, info.as_ref())?;
     let local = local_time(args.at.as_deref(), zone, now_ms)?;
 
-    writeln!(out, "press:      profile {profile}, button {button}, gesture {gesture}")?;
+    writeln!(
+        out,
+        "press:      profile {profile}, button {button}, gesture {gesture}"
+    )?;
     if let Some(d) = device_line {
         writeln!(out, "device:     {d}")?;
     }
     match (&resident, &resident_id) {
-        (Some(r), _) => writeln!(out, "resident:   {} ({}): {}", r.id, r.name, attributes(&attrs))?,
-        (None, Some(r)) => writeln!(out, "resident:   {r} is not on record: no attributes, presses are tagged resident_unknown")?,
-        (None, None) if !attrs.is_empty() => writeln!(out, "resident:   (given) {}", attributes(&attrs))?,
-        (None, None) => writeln!(out, "resident:   none: no attributes, presses are tagged resident_unknown")?,
+        (Some(r), _) => writeln!(
+            out,
+            "resident:   {} ({}): {}",
+            r.id,
+            r.name,
+            attributes(&attrs)
+        )?,
+        (None, Some(r)) => writeln!(
+            out,
+            "resident:   {r} is not on record: no attributes, presses are tagged resident_unknown"
+        )?,
+        (None, None) if !attrs.is_empty() => {
+            writeln!(out, "resident:   (given) {}", attributes(&attrs))?
+        }
+        (None, None) => writeln!(
+            out,
+            "resident:   none: no attributes, presses are tagged resident_unknown"
+        )?,
     }
     let minutes = match &local {
         LocalTime::Given(m) => {
             writeln!(out, "local time: {} (given)", clock(*m))?;
             Some(*m)
         }
-        LocalTime::Zoned { minutes, zone, instant, now } => {
+        LocalTime::Zoned {
+            minutes,
+            zone,
+            instant,
+            now,
+        } => {
             let when = if *now { "now" } else { "at" };
-            writeln!(out, "local time: {} in {zone} ({when} {})", clock(*minutes), instant.strftime("%Y-%m-%dT%H:%M:%SZ"))?;
+            writeln!(
+                out,
+                "local time: {} in {zone} ({when} {})",
+                clock(*minutes),
+                instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+            )?;
             Some(*minutes)
         }
         LocalTime::Unknown { why } => {
-            writeln!(out, "local time: unknown ({why}): rules with `time` do not match")?;
+            writeln!(
+                out,
+                "local time: unknown ({why}): rules with `time` do not match"
+            )?;
             None
         }
     };
@@ -159,22 +206,40 @@ fn load(cfg: &Config, out: &mut dyn Write) -> Result<(RuleSet, String), AdminErr
                     .iter()
                     .map(|f| f.rsplit('/').next().unwrap_or(f))
                     .collect();
-                Ok((loaded.set.clone(), format!("{} ({})", dir.display(), files.join(", "))))
+                Ok((
+                    loaded.set.clone(),
+                    format!("{} ({})", dir.display(), files.join(", ")),
+                ))
             }
             Err(e) => {
                 writeln!(out, "{e}")?;
-                Err(AdminError(format!("{}: {} error(s); fix them first (rules check)", dir.display(), e.errors.len())))
+                Err(AdminError(format!(
+                    "{}: {} error(s); fix them first (rules check)",
+                    dir.display(),
+                    e.errors.len()
+                )))
             }
         },
-        None => Ok((RuleSet::default_set(), "built-in (no rules directory)".into())),
+        None => Ok((
+            RuleSet::default_set(),
+            "built-in (no rules directory)".into(),
+        )),
     }
 }
 
-fn zone(cfg: &Config, args: &ExplainArgs, info: Option<&ResidentInfo>) -> Result<Option<(TimeZone, String)>, AdminError> {
+fn zone(
+    cfg: &Config,
+    args: &ExplainArgs,
+    info: Option<&ResidentInfo>,
+) -> Result<Option<(TimeZone, String)>, AdminError> {
     let named = |name: &str| -> Result<(TimeZone, String), AdminError> {
         TimeZone::get(name)
             .map(|z| (z, name.to_owned()))
-            .map_err(|_| AdminError(format!("unknown time zone {name:?} (expected an IANA name such as Asia/Shanghai)")))
+            .map_err(|_| {
+                AdminError(format!(
+                    "unknown time zone {name:?} (expected an IANA name such as Asia/Shanghai)"
+                ))
+            })
     };
     if let Some(tz) = &args.time_zone {
         return named(tz).map(Some);
@@ -189,7 +254,11 @@ fn zone(cfg: &Config, args: &ExplainArgs, info: Option<&ResidentInfo>) -> Result
     named(&cfg.rules.time_zone).map(Some)
 }
 
-fn local_time(at: Option<&str>, zone: Option<(TimeZone, String)>, now_ms: i64) -> Result<LocalTime, AdminError> {
+fn local_time(
+    at: Option<&str>,
+    zone: Option<(TimeZone, String)>,
+    now_ms: i64,
+) -> Result<LocalTime, AdminError> {
     if let Some(text) = at {
         if let Some(m) = hh_mm(text) {
             return Ok(LocalTime::Given(m));
@@ -198,20 +267,30 @@ fn local_time(at: Option<&str>, zone: Option<(TimeZone, String)>, now_ms: i64) -
     let (instant, now) = match at {
         Some(text) => {
             let t = text.parse::<jiff::Timestamp>().map_err(|_| {
-                AdminError(format!("--at {text:?} must be RFC 3339 (2026-11-28T22:30:00+08:00) or the local HH:MM"))
+                AdminError(format!(
+                    "--at {text:?} must be RFC 3339 (2026-11-28T22:30:00+08:00) or the local HH:MM"
+                ))
             })?;
             (t, false)
         }
         None => (
-            jiff::Timestamp::from_millisecond(now_ms).map_err(|e| AdminError(format!("clock: {e}")))?,
+            jiff::Timestamp::from_millisecond(now_ms)
+                .map_err(|e| AdminError(format!("clock: {e}")))?,
             true,
         ),
     };
     let Some((z, name)) = zone else {
-        return Ok(LocalTime::Unknown { why: "no time zone: the resident has none and [rules] time_zone is empty".into() });
+        return Ok(LocalTime::Unknown {
+            why: "no time zone: the resident has none and [rules] time_zone is empty".into(),
+        });
     };
     let minutes = local_minutes_in(instant.as_millisecond(), &z).unwrap_or_default();
-    Ok(LocalTime::Zoned { minutes, zone: name, instant, now })
+    Ok(LocalTime::Zoned {
+        minutes,
+        zone: name,
+        instant,
+        now,
+    })
 }
 
 /// `HH:MM` on a 24-hour clock, as minutes since midnight.

@@ -32,7 +32,11 @@ pub fn residents_import(cfg: &Config, file: &Path, out: &mut dyn Write) -> Resul
     let mut known = 0;
     for r in &list {
         let exists: bool = conn
-            .query_row("SELECT EXISTS (SELECT 1 FROM residents WHERE resident_id = ?1)", params![r.id], |row| row.get(0))
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM residents WHERE resident_id = ?1)",
+                params![r.id],
+                |row| row.get(0),
+            )
             .map_err(store::StoreError::from)?;
         known += usize::from(exists);
     }
@@ -49,14 +53,23 @@ pub fn residents_import(cfg: &Config, file: &Path, out: &mut dyn Write) -> Resul
 }
 
 /// `residents show ID [--json]`: the record, its devices, and the zone its presses are judged in.
-pub fn residents_show(cfg: &Config, id: &str, json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
+pub fn residents_show(
+    cfg: &Config,
+    id: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
     let conn = super::open_existing(cfg)?;
     let Some(r) = residents::load(&conn, id)? else {
         return Err(AdminError(format!("resident {id} is not on record")));
     };
     let devices = residents::devices_of(&conn, id)?;
     let updated: i64 = conn
-        .query_row("SELECT updated_at FROM residents WHERE resident_id = ?1", params![id], |row| row.get(0))
+        .query_row(
+            "SELECT updated_at FROM residents WHERE resident_id = ?1",
+            params![id],
+            |row| row.get(0),
+        )
         .map_err(store::StoreError::from)?;
     if json {
         let mut v = serde_json::to_value(&r).expect("residents serialize");
@@ -68,7 +81,13 @@ pub fn residents_show(cfg: &Config, id: &str, json: bool, out: &mut dyn Write) -
     write_resident(cfg, &r, &devices, updated, out)
 }
 
-fn write_resident(cfg: &Config, r: &Resident, devices: &[String], updated: i64, out: &mut dyn Write) -> Result<(), AdminError> {
+fn write_resident(
+    cfg: &Config,
+    r: &Resident,
+    devices: &[String],
+    updated: i64,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
     let dash = |v: Option<&str>| v.map(str::to_owned).unwrap_or_else(|| "-".into());
     writeln!(out, "resident {}: {}", r.id, r.name)?;
     writeln!(out, "  phone:       {}", dash(r.phone.as_deref()))?;
@@ -81,18 +100,42 @@ fn write_resident(cfg: &Config, r: &Resident, devices: &[String], updated: i64, 
         (None, d) => format!("{d} (the default)"),
     };
     writeln!(out, "  time zone:   {zone}")?;
-    writeln!(out, "  hospital:    {}", dash(r.preferred_hospital.as_deref()))?;
-    writeln!(out, "  notes:       {}", dash(r.notes.as_deref().map(|n| n.replace('\n', " / ")).as_deref()))?;
+    writeln!(
+        out,
+        "  hospital:    {}",
+        dash(r.preferred_hospital.as_deref())
+    )?;
+    writeln!(
+        out,
+        "  notes:       {}",
+        dash(
+            r.notes
+                .as_deref()
+                .map(|n| n.replace('\n', " / "))
+                .as_deref()
+        )
+    )?;
     writeln!(out, "  attributes:  {}", attributes(&r.attributes))?;
     if r.contacts.is_empty() {
-        writeln!(out, "  contacts:    - (nobody is notified when a request goes to the desk)")?;
+        writeln!(
+            out,
+            "  contacts:    - (nobody is notified when a request goes to the desk)"
+        )?;
     }
     for (i, c) in r.contacts.iter().enumerate() {
         let label = if i == 0 { "contacts:" } else { "" };
-        let relation = c.relation.as_deref().map(|x| format!(" ({x})")).unwrap_or_default();
+        let relation = c
+            .relation
+            .as_deref()
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default();
         writeln!(out, "  {label:<12} {}{relation}, {}", c.name, c.phone)?;
     }
-    let devices = if devices.is_empty() { "- (bind one: yijian-gateway devices bind DEVICE RESIDENT)".into() } else { devices.join(", ") };
+    let devices = if devices.is_empty() {
+        "- (bind one: yijian-gateway devices bind DEVICE RESIDENT)".into()
+    } else {
+        devices.join(", ")
+    };
     writeln!(out, "  devices:     {devices}")?;
     writeln!(out, "  updated:     {}", rfc3339_ms(updated))?;
     Ok(())
@@ -122,10 +165,17 @@ pub fn residents_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(
         return Ok(());
     }
     if list.is_empty() {
-        writeln!(out, "no residents on record (import them: yijian-gateway residents import FILE)")?;
+        writeln!(
+            out,
+            "no residents on record (import them: yijian-gateway residents import FILE)"
+        )?;
         return Ok(());
     }
-    writeln!(out, "{:<16} {:<24} {:<20} {:<9} DEVICES", "RESIDENT", "NAME", "TIME ZONE", "CONTACTS")?;
+    writeln!(
+        out,
+        "{:<16} {:<24} {:<20} {:<9} DEVICES",
+        "RESIDENT", "NAME", "TIME ZONE", "CONTACTS"
+    )?;
     for r in list {
         let devices = residents::devices_of(&conn, &r.id)?;
         writeln!(
@@ -135,14 +185,23 @@ pub fn residents_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(
             r.name,
             r.time_zone.as_deref().unwrap_or("(default)"),
             r.contacts.len(),
-            if devices.is_empty() { "-".into() } else { devices.join(",") }
+            if devices.is_empty() {
+                "-".into()
+            } else {
+                devices.join(",")
+            }
         )?;
     }
     Ok(())
 }
 
 /// `devices bind DEVICE RESIDENT` / `devices unbind DEVICE`: the resident must be on record.
-pub fn devices_bind(cfg: &Config, device_id: &str, resident_id: Option<&str>, out: &mut dyn Write) -> Result<(), AdminError> {
+pub fn devices_bind(
+    cfg: &Config,
+    device_id: &str,
+    resident_id: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
     let mut conn = super::open_existing(cfg)?;
     residents::bind_device(&mut conn, device_id, resident_id, now_ms())?;
     match resident_id {

@@ -72,7 +72,11 @@ fn yes() -> bool {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { tokens: Vec::new(), metrics_open: true, admin_token_file: true }
+        ApiConfig {
+            tokens: Vec::new(),
+            metrics_open: true,
+            admin_token_file: true,
+        }
     }
 }
 
@@ -110,18 +114,24 @@ impl ApiConfig {
                 p.push(format!("{at}: name is used twice"));
             }
             match (&t.sha256, &t.token_env) {
-                (Some(_), Some(_)) | (None, None) => p.push(format!("{at}: give exactly one of sha256 and token_env")),
+                (Some(_), Some(_)) | (None, None) => {
+                    p.push(format!("{at}: give exactly one of sha256 and token_env"))
+                }
                 (Some(h), None) if h.len() != 64 || hex::decode(h).is_err() => {
                     p.push(format!("{at}: sha256 must be 64 hex digits"))
                 }
-                (None, Some(v)) if v.is_empty() => p.push(format!("{at}: token_env must name an environment variable")),
+                (None, Some(v)) if v.is_empty() => {
+                    p.push(format!("{at}: token_env must name an environment variable"))
+                }
                 _ => {}
             }
             match (t.role, &t.backend) {
-                (Role::Backend, None) => p.push(format!("{at}: role backend needs backend = \"NAME\" (a [backends] entry)")),
-                (Role::Backend, Some(b)) if !backends.contains(&b) => {
-                    p.push(format!("{at}: backend {b:?} is not defined under [backends.{b}]"))
-                }
+                (Role::Backend, None) => p.push(format!(
+                    "{at}: role backend needs backend = \"NAME\" (a [backends] entry)"
+                )),
+                (Role::Backend, Some(b)) if !backends.contains(&b) => p.push(format!(
+                    "{at}: backend {b:?} is not defined under [backends.{b}]"
+                )),
                 (Role::Backend, Some(_)) => {}
                 (_, Some(_)) => p.push(format!("{at}: backend is only for role backend")),
                 (_, None) => {}
@@ -167,42 +177,61 @@ impl Auth {
         let mut problems = Vec::new();
         for t in &cfg.tokens {
             let digest = match (&t.sha256, &t.token_env) {
-                (Some(h), _) => match hex::decode(h).ok().and_then(|d| <[u8; 32]>::try_from(d).ok()) {
+                (Some(h), _) => match hex::decode(h)
+                    .ok()
+                    .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                {
                     Some(d) => d,
                     None => {
-                        problems.push(format!("[[api.tokens]] {:?}: sha256 must be 64 hex digits", t.name));
+                        problems.push(format!(
+                            "[[api.tokens]] {:?}: sha256 must be 64 hex digits",
+                            t.name
+                        ));
                         continue;
                     }
                 },
-                (None, Some(var)) => match std::env::var(var) {
-                    Ok(v) if v.len() >= 16 => devices::digest(&v),
-                    Ok(_) => {
-                        problems.push(format!("[[api.tokens]] {:?}: the token in {var} is shorter than 16 characters", t.name));
-                        continue;
+                (None, Some(var)) => {
+                    match std::env::var(var) {
+                        Ok(v) if v.len() >= 16 => devices::digest(&v),
+                        Ok(_) => {
+                            problems.push(format!("[[api.tokens]] {:?}: the token in {var} is shorter than 16 characters", t.name));
+                            continue;
+                        }
+                        Err(_) => {
+                            problems.push(format!("[[api.tokens]] {:?}: environment variable {var} (token_env) is not set", t.name));
+                            continue;
+                        }
                     }
-                    Err(_) => {
-                        problems.push(format!("[[api.tokens]] {:?}: environment variable {var} (token_env) is not set", t.name));
-                        continue;
-                    }
-                },
+                }
                 (None, None) => continue,
             };
             known.push(Known {
                 digest,
-                caller: Caller { name: t.name.as_str().into(), role: t.role, backend: t.backend.as_deref().map(Into::into) },
+                caller: Caller {
+                    name: t.name.as_str().into(),
+                    role: t.role,
+                    backend: t.backend.as_deref().map(Into::into),
+                },
             });
         }
         if cfg.admin_token_file {
             match ensure_admin_token(&admin_token_path(data_dir)) {
                 Ok(token) => known.push(Known {
                     digest: devices::digest(&token),
-                    caller: Caller { name: "admin.token".into(), role: Role::Admin, backend: None },
+                    caller: Caller {
+                        name: "admin.token".into(),
+                        role: Role::Admin,
+                        backend: None,
+                    },
                 }),
                 Err(e) => problems.push(e),
             }
         }
         if problems.is_empty() {
-            Ok(Auth { known, metrics_open: cfg.metrics_open })
+            Ok(Auth {
+                known,
+                metrics_open: cfg.metrics_open,
+            })
         } else {
             Err(problems)
         }
@@ -231,16 +260,25 @@ fn ensure_admin_token(path: &Path) -> Result<String, String> {
             check_private(path);
             let t = t.trim().to_owned();
             if t.len() < 16 {
-                return Err(format!("{}: the admin token must be at least 16 characters", path.display()));
+                return Err(format!(
+                    "{}: the admin token must be at least 16 characters",
+                    path.display()
+                ));
             }
             tracing::info!(path = %path.display(), "admin API token read from file");
             return Ok(t);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot read the admin token file {}: {e}", path.display())),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the admin token file {}: {e}",
+                path.display()
+            ))
+        }
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let token = devices::new_secret();
     let mut opts = std::fs::OpenOptions::new();
@@ -250,7 +288,9 @@ fn ensure_admin_token(path: &Path) -> Result<String, String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| format!("cannot create the admin token file {}: {e}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("cannot create the admin token file {}: {e}", path.display()))?;
     writeln!(f, "{token}")
         .and_then(|_| f.sync_all())
         .map_err(|e| format!("cannot write the admin token file {}: {e}", path.display()))?;
@@ -297,9 +337,12 @@ pub fn access(method: &Method, path: &str, metrics_open: bool) -> Access {
         (_, "/metrics") if metrics_open => Access::Open,
         (_, "/metrics") => Access::Roles(SCRAPERS),
         ("GET", "/api/v1/requests" | "/api/v1/requests/:id") => Access::Roles(OPERATORS),
-        ("POST", "/api/v1/requests/:id/ack" | "/api/v1/requests/:id/close" | "/api/v1/requests/:id/cancel") => {
-            Access::Roles(OPERATORS)
-        }
+        (
+            "POST",
+            "/api/v1/requests/:id/ack"
+            | "/api/v1/requests/:id/close"
+            | "/api/v1/requests/:id/cancel",
+        ) => Access::Roles(OPERATORS),
         ("POST", "/api/v1/requests/:id/events") => Access::Roles(BACKENDS),
         _ => Access::Roles(ADMINS),
     }
@@ -308,7 +351,10 @@ pub fn access(method: &Method, path: &str, metrics_open: bool) -> Access {
 fn refuse(status: StatusCode, message: &str) -> Response {
     let mut r = (status, Json(json!({"error": message}))).into_response();
     if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
     }
     r
 }
@@ -317,7 +363,11 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 /// the request's extensions for handlers that need to know who it is.
 pub async fn authorize(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     // No matched route: the fallback answers 404, which tells nothing.
-    let Some(path) = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
+    let Some(path) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
         return next.run(req).await;
     };
     let roles = match access(req.method(), &path, auth.metrics_open) {
@@ -328,11 +378,17 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, mut req: Request, next: Ne
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     let Some(presented) = presented.filter(|t| !t.is_empty()) else {
         telemetry::api_auth("missing", &path);
-        return refuse(StatusCode::UNAUTHORIZED, "this endpoint needs `Authorization: Bearer <token>`");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs `Authorization: Bearer <token>`",
+        );
     };
     let Some(caller) = auth.identify(presented).cloned() else {
         telemetry::api_auth("invalid", &path);
@@ -341,7 +397,14 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, mut req: Request, next: Ne
     if !roles.contains(&caller.role) {
         telemetry::api_auth("forbidden", &path);
         let need: Vec<_> = roles.iter().map(|r| r.as_str()).collect();
-        return refuse(StatusCode::FORBIDDEN, &format!("role {} may not do this (needs {})", caller.role.as_str(), need.join(" or ")));
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "role {} may not do this (needs {})",
+                caller.role.as_str(),
+                need.join(" or ")
+            ),
+        );
     }
     telemetry::api_auth("ok", &path);
     req.extensions_mut().insert(caller);
@@ -357,7 +420,10 @@ pub fn new_token() -> (String, String) {
 
 /// The configuration snippet declaring a token (by digest).
 pub fn token_snippet(name: &str, role: Role, backend: Option<&str>, sha256: &str) -> String {
-    let mut s = format!("[[api.tokens]]\nname = {name:?}\nrole = {:?}\n", role.as_str());
+    let mut s = format!(
+        "[[api.tokens]]\nname = {name:?}\nrole = {:?}\n",
+        role.as_str()
+    );
     if let Some(b) = backend {
         s.push_str(&format!("backend = {b:?}\n"));
     }
@@ -375,7 +441,11 @@ mod tests {
                 .iter()
                 .map(|(n, r, b, t)| Known {
                     digest: devices::digest(t),
-                    caller: Caller { name: (*n).into(), role: *r, backend: b.map(Into::into) },
+                    caller: Caller {
+                        name: (*n).into(),
+                        role: *r,
+                        backend: b.map(Into::into),
+                    },
                 })
                 .collect(),
             metrics_open: true,
@@ -384,9 +454,21 @@ mod tests {
 
     #[test]
     fn tokens_identify_their_holder_only() {
-        let a = auth_with(&[("desk", Role::Operator, None, "op-token-0123456789"), ("rc", Role::Backend, Some("rescue"), "be-token-0123456789")]);
-        assert_eq!(a.identify("op-token-0123456789").unwrap().name.as_ref(), "desk");
-        assert_eq!(a.identify("be-token-0123456789").unwrap().backend.as_deref(), Some("rescue"));
+        let a = auth_with(&[
+            ("desk", Role::Operator, None, "op-token-0123456789"),
+            ("rc", Role::Backend, Some("rescue"), "be-token-0123456789"),
+        ]);
+        assert_eq!(
+            a.identify("op-token-0123456789").unwrap().name.as_ref(),
+            "desk"
+        );
+        assert_eq!(
+            a.identify("be-token-0123456789")
+                .unwrap()
+                .backend
+                .as_deref(),
+            Some("rescue")
+        );
         assert!(a.identify("op-token-012345678").is_none());
         assert!(a.identify("").is_none());
     }
@@ -398,20 +480,50 @@ mod tests {
         assert_eq!(access(&get, "/healthz", false), Access::Open);
         assert_eq!(access(&get, "/metrics", true), Access::Open);
         assert_eq!(access(&get, "/metrics", false), Access::Roles(SCRAPERS));
-        assert_eq!(access(&get, "/api/v1/requests/:id", true), Access::Roles(OPERATORS));
-        assert_eq!(access(&post, "/api/v1/requests/:id/events", true), Access::Roles(BACKENDS));
-        assert_eq!(access(&post, "/api/v1/requests", true), Access::Roles(ADMINS));
+        assert_eq!(
+            access(&get, "/api/v1/requests/:id", true),
+            Access::Roles(OPERATORS)
+        );
+        assert_eq!(
+            access(&post, "/api/v1/requests/:id/events", true),
+            Access::Roles(BACKENDS)
+        );
+        assert_eq!(
+            access(&post, "/api/v1/requests", true),
+            Access::Roles(ADMINS)
+        );
         assert_eq!(access(&get, "/api/v1/devices", true), Access::Roles(ADMINS));
-        assert_eq!(access(&post, "/api/v1/some/new/thing", true), Access::Roles(ADMINS));
+        assert_eq!(
+            access(&post, "/api/v1/some/new/thing", true),
+            Access::Roles(ADMINS)
+        );
     }
 
     #[test]
     fn config_problems_are_reported_together() {
         let cfg = ApiConfig {
             tokens: vec![
-                TokenConfig { name: "a".into(), role: Role::Backend, backend: None, sha256: Some("zz".into()), token_env: None },
-                TokenConfig { name: "a".into(), role: Role::Operator, backend: Some("x".into()), sha256: None, token_env: None },
-                TokenConfig { name: "b".into(), role: Role::Backend, backend: Some("nope".into()), sha256: None, token_env: Some("V".into()) },
+                TokenConfig {
+                    name: "a".into(),
+                    role: Role::Backend,
+                    backend: None,
+                    sha256: Some("zz".into()),
+                    token_env: None,
+                },
+                TokenConfig {
+                    name: "a".into(),
+                    role: Role::Operator,
+                    backend: Some("x".into()),
+                    sha256: None,
+                    token_env: None,
+                },
+                TokenConfig {
+                    name: "b".into(),
+                    role: Role::Backend,
+                    backend: Some("nope".into()),
+                    sha256: None,
+                    token_env: Some("V".into()),
+                },
             ],
             ..ApiConfig::default()
         };
@@ -431,7 +543,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }

@@ -26,7 +26,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             LifecycleError::Revoked(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             LifecycleError::Store(s) => s.into(),
-            LifecycleError::Io(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            LifecycleError::Io(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         }
     }
 }
@@ -37,7 +39,12 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("task failed: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("task failed: {e}"),
+            )
+        })?
         .map_err(Into::into)
 }
 
@@ -52,7 +59,10 @@ async fn show(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<
     Ok(Json(serde_json::to_value(d).expect("records serialize")))
 }
 
-async fn rotate(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn rotate(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let db = s.config.db_path();
     let shown = id.clone();
     let secret = blocking(move || lifecycle::rotate(&db, &id)).await?;
@@ -60,7 +70,10 @@ async fn rotate(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Jso
     Ok(Json(json!({"device_id": shown, "secret": secret})))
 }
 
-async fn revoke(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn revoke(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let db = s.config.db_path();
     let shown = id.clone();
     blocking(move || lifecycle::revoke(&db, &id)).await?;

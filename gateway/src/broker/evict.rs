@@ -40,14 +40,22 @@ pub struct CredentialChanges {
 impl CredentialChanges {
     /// Record that `device_id`'s credentials changed at `at`.
     pub fn record(&self, device_id: &str, at: Instant) {
-        self.at.write().expect("changes lock is never poisoned").insert(device_id.to_owned(), at);
+        self.at
+            .write()
+            .expect("changes lock is never poisoned")
+            .insert(device_id.to_owned(), at);
         self.any.store(true, Ordering::Release);
     }
 
     /// Whether `device_id`'s credentials changed after `since`.
     pub fn changed_since(&self, device_id: &str, since: Instant) -> bool {
         self.any.load(Ordering::Acquire)
-            && self.at.read().expect("changes lock is never poisoned").get(device_id).is_some_and(|t| *t > since)
+            && self
+                .at
+                .read()
+                .expect("changes lock is never poisoned")
+                .get(device_id)
+                .is_some_and(|t| *t > since)
     }
 }
 
@@ -90,7 +98,11 @@ pub fn start(
 
 /// Take over `device_id`'s client id with a clean session and leave at once.
 pub async fn evict(cfg: &MqttConfig, device_id: &str, secret: &str) {
-    let host = if cfg.listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { cfg.listen.ip().to_string() };
+    let host = if cfg.listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        cfg.listen.ip().to_string()
+    };
     let mut o = MqttOptions::new(device_id, host, cfg.listen.port());
     o.set_credentials(EVICT_USER, secret);
     o.set_clean_session(true);

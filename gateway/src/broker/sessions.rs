@@ -24,7 +24,12 @@ pub struct OpenSessions {
 impl OpenSessions {
     /// Connections currently open under `client_id`.
     pub fn count(&self, client_id: &str) -> u32 {
-        self.open.lock().expect("sessions lock is never poisoned").get(client_id).copied().unwrap_or(0)
+        self.open
+            .lock()
+            .expect("sessions lock is never poisoned")
+            .get(client_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Add one; returns how many were open before.
@@ -57,7 +62,11 @@ pub struct Session {
 impl Session {
     /// A connection that sent a CONNECT under `client_id`; not counted until accepted.
     pub fn new(sessions: Arc<OpenSessions>, client_id: String) -> Self {
-        Session { sessions, client_id, counted: AtomicBool::new(false) }
+        Session {
+            sessions,
+            client_id,
+            counted: AtomicBool::new(false),
+        }
     }
 
     /// The broker accepted the connection (its CONNACK is going out). Returns true when another
@@ -99,7 +108,10 @@ mod tests {
         drop(second);
         assert_eq!(open.count("dev-1"), 0);
         let third = Session::new(open.clone(), "dev-1".into());
-        assert!(!third.accepted(), "a reconnect after the old connection ended is no duplicate");
+        assert!(
+            !third.accepted(),
+            "a reconnect after the old connection ended is no duplicate"
+        );
         let other = Session::new(open.clone(), "dev-2".into());
         assert!(!other.accepted());
     }

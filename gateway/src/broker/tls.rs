@@ -73,7 +73,10 @@ fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsErr
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError(format!("{what} {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(TlsError(format!("{what} {}: no certificate in the file", path.display())));
+        return Err(TlsError(format!(
+            "{what} {}: no certificate in the file",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -83,7 +86,8 @@ impl TlsHandshake {
     pub fn new(s: &TlsSettings) -> Result<TlsHandshake, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = certs(&s.cert, "cert")?;
-        let key = PrivateKeyDer::from_pem_file(&s.key).map_err(|e| TlsError(format!("key {}: {e}", s.key.display())))?;
+        let key = PrivateKeyDer::from_pem_file(&s.key)
+            .map_err(|e| TlsError(format!("key {}: {e}", s.key.display())))?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError(e.to_string()))?;
@@ -91,16 +95,29 @@ impl TlsHandshake {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
                 for c in certs(ca, "client_ca")? {
-                    roots.add(c).map_err(|e| TlsError(format!("client_ca {}: {e}", ca.display())))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| TlsError(format!("client_ca {}: {e}", ca.display())))?;
                 }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-                let verifier = if s.require_client_cert { verifier } else { verifier.allow_unauthenticated() };
-                builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError(e.to_string()))?)
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if s.require_client_cert {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                builder.with_client_cert_verifier(
+                    verifier.build().map_err(|e| TlsError(e.to_string()))?,
+                )
             }
             None => builder.with_no_client_auth(),
         };
-        let config = builder.with_single_cert(chain, key).map_err(|e| TlsError(format!("cert/key: {e}")))?;
-        Ok(TlsHandshake { acceptor: TlsAcceptor::from(Arc::new(config)) })
+        let config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsError(format!("cert/key: {e}")))?;
+        Ok(TlsHandshake {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
     }
 }
 
@@ -133,7 +150,9 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[n..])
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
@@ -222,6 +241,9 @@ mod tests {
             flipped[i] ^= 0xff;
         }
         assert_eq!(subject_common_name(&[]), None);
-        assert_eq!(subject_common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(
+            subject_common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
     }
 }

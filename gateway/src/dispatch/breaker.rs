@@ -9,10 +9,16 @@ use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is out since `since`; another is allowed if it never reports back.
-    HalfOpen { since: Instant },
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 /// The breaker of one backend.
@@ -31,7 +37,12 @@ impl Breaker {
     /// A closed breaker.
     pub fn new(name: &str, threshold: u32, cooldown: Duration) -> Self {
         telemetry::circuit(name, false);
-        Breaker { name: name.to_owned(), threshold, cooldown, state: Mutex::new(State::Closed { failures: 0 }) }
+        Breaker {
+            name: name.to_owned(),
+            threshold,
+            cooldown,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
     }
 
     /// May a request be sent now?
@@ -80,14 +91,18 @@ impl Breaker {
         let open = match *s {
             State::Closed { failures } if failures + 1 >= self.threshold => true,
             State::Closed { failures } => {
-                *s = State::Closed { failures: failures + 1 };
+                *s = State::Closed {
+                    failures: failures + 1,
+                };
                 false
             }
             State::HalfOpen { .. } => true,
             State::Open { .. } => false,
         };
         if open {
-            *s = State::Open { until: now + self.cooldown };
+            *s = State::Open {
+                until: now + self.cooldown,
+            };
             tracing::warn!(backend = %self.name, cooldown_ms = self.cooldown.as_millis() as u64, "circuit open");
             telemetry::circuit(&self.name, true);
         }
@@ -95,7 +110,10 @@ impl Breaker {
 
     /// Whether the circuit is open or half-open.
     pub fn is_open(&self) -> bool {
-        !matches!(*self.state.lock().expect("breaker lock is never poisoned"), State::Closed { .. })
+        !matches!(
+            *self.state.lock().expect("breaker lock is never poisoned"),
+            State::Closed { .. }
+        )
     }
 }
 

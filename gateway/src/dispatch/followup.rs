@@ -44,7 +44,13 @@ impl Deliverer {
         config: Arc<Config>,
         backends: Arc<HashMap<String, Backend>>,
     ) -> Self {
-        Deliverer { store, client, config, backends, in_flight: Mutex::new(HashSet::new()) }
+        Deliverer {
+            store,
+            client,
+            config,
+            backends,
+            in_flight: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Where a follow-up goes: `{url}/{request_id}/cancel` for a cancellation, the
@@ -66,11 +72,17 @@ impl Deliverer {
             tracing::error!(key = %f.key, backend = %f.target, "follow-up for a backend no longer configured");
             return Some(Ending::Unconfigured);
         };
-        let Some(url) = self.url(backend, f) else { return Some(Ending::Unconfigured) };
+        let Some(url) = self.url(backend, f) else {
+            return Some(Ending::Unconfigured);
+        };
         let dcfg = &self.config.dispatch;
-        let left_ms = (f.created_at + dcfg.followup_deadline_s as i64 * 1000 - now_ms()).max(0) as u64;
+        let left_ms =
+            (f.created_at + dcfg.followup_deadline_s as i64 * 1000 - now_ms()).max(0) as u64;
         let deadline = Instant::now() + Duration::from_millis(left_ms);
-        let (initial, max) = (Duration::from_millis(dcfg.backoff_initial_ms), Duration::from_millis(dcfg.backoff_max_ms));
+        let (initial, max) = (
+            Duration::from_millis(dcfg.backoff_initial_ms),
+            Duration::from_millis(dcfg.backoff_max_ms),
+        );
         let body = Bytes::from(f.body.clone());
         let mut failures = 0u32;
         loop {
@@ -102,11 +114,17 @@ impl Deliverer {
                         backend.breaker.failure();
                         tracing::debug!(key = %f.key, backend = %f.target, result = label, "follow-up attempt failed");
                         failures += 1;
-                        retry_after.unwrap_or_else(|| backoff::delay(failures - 1, initial, max, &mut rand::thread_rng()))
+                        retry_after.unwrap_or_else(|| {
+                            backoff::delay(failures - 1, initial, max, &mut rand::thread_rng())
+                        })
                     }
                 }
             } else {
-                backend.breaker.retry_at().saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
+                backend
+                    .breaker
+                    .retry_at()
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(10))
             };
             tokio::select! {
                 _ = tokio::time::sleep_until((Instant::now() + wait).min(deadline)) => {}
@@ -125,10 +143,16 @@ impl Deliverer {
                 Ending::Delivered | Ending::Unknown => {
                     tracing::info!(key = %f.key, backend = %f.target, result = label, "follow-up delivered")
                 }
-                _ => tracing::warn!(key = %f.key, backend = %f.target, result = label, "follow-up given up; see the request's history"),
+                _ => {
+                    tracing::warn!(key = %f.key, backend = %f.target, result = label, "follow-up given up; see the request's history")
+                }
             }
             loop {
-                match self.store.followup_finished(f.clone(), ending, now_ms()).await {
+                match self
+                    .store
+                    .followup_finished(f.clone(), ending, now_ms())
+                    .await
+                {
                     Ok(()) | Err(StoreError::Closed) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "follow-up outcome not journaled yet; retrying");
@@ -141,14 +165,21 @@ impl Deliverer {
             }
             telemetry::followup(kind, label);
         }
-        self.in_flight.lock().expect("follow-up lock is never poisoned").remove(&id);
+        self.in_flight
+            .lock()
+            .expect("follow-up lock is never poisoned")
+            .remove(&id);
     }
 }
 
 /// Sweep the journal for pending follow-ups now, at every doorbell and every [`SWEEP`], and
 /// deliver each in its own task until `shutdown`.
 /// `stop` ends the sweeping; `abort` abandons deliveries in flight (they stay pending).
-pub fn start(deliverer: Deliverer, stop: CancellationToken, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn start(
+    deliverer: Deliverer,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let d = Arc::new(deliverer);
     tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();

@@ -23,13 +23,19 @@ pub struct HttpBackend {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptResult {
     /// 2xx: accepted, with what the backend said about it.
-    Accepted { reference: Option<String>, eta_s: Option<u32> },
+    Accepted {
+        reference: Option<String>,
+        eta_s: Option<u32>,
+    },
     /// 409: the backend already has this request (an earlier attempt got through).
     Conflict,
     /// Other 4xx: this backend will never take it.
     Refused(u16),
     /// 5xx, timeout, connection error: try again later. `retry_after` from a 503's header.
-    Failed { label: &'static str, retry_after: Option<Duration> },
+    Failed {
+        label: &'static str,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl AttemptResult {
@@ -84,7 +90,16 @@ pub async fn attempt(
     body: Bytes,
     timeout: Duration,
 ) -> AttemptResult {
-    post(client, backend.url.clone(), backend.token.as_deref(), request_id, attempt, body, timeout).await
+    post(
+        client,
+        backend.url.clone(),
+        backend.token.as_deref(),
+        request_id,
+        attempt,
+        body,
+        timeout,
+    )
+    .await
 }
 
 /// POST `body` to `url` once with the contract's headers (`Idempotency-Key: key`), and
@@ -111,9 +126,24 @@ pub async fn post(
     }
     let resp = match rb.send().await {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => return AttemptResult::Failed { label: "timeout", retry_after: None },
-        Err(e) if e.is_connect() => return AttemptResult::Failed { label: "connect_error", retry_after: None },
-        Err(_) => return AttemptResult::Failed { label: "error", retry_after: None },
+        Err(e) if e.is_timeout() => {
+            return AttemptResult::Failed {
+                label: "timeout",
+                retry_after: None,
+            }
+        }
+        Err(e) if e.is_connect() => {
+            return AttemptResult::Failed {
+                label: "connect_error",
+                retry_after: None,
+            }
+        }
+        Err(_) => {
+            return AttemptResult::Failed {
+                label: "error",
+                retry_after: None,
+            }
+        }
     };
     let status = resp.status();
     if status.is_success() {
@@ -123,7 +153,10 @@ pub async fn post(
     if status == reqwest::StatusCode::CONFLICT {
         return AttemptResult::Conflict;
     }
-    if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS && status != reqwest::StatusCode::REQUEST_TIMEOUT {
+    if status.is_client_error()
+        && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+        && status != reqwest::StatusCode::REQUEST_TIMEOUT
+    {
         return AttemptResult::Refused(status.as_u16());
     }
     let retry_after = resp

@@ -54,7 +54,12 @@ impl DispatchHandle {
 
     /// Stop dispatching a request the resident cancelled.
     pub fn cancel(&self, request_id: &str, _accepted_by: Option<String>) {
-        if let Some(t) = self.active.lock().expect("dispatch lock is never poisoned").get(request_id) {
+        if let Some(t) = self
+            .active
+            .lock()
+            .expect("dispatch lock is never poisoned")
+            .get(request_id)
+        {
             t.cancel();
         }
     }
@@ -92,7 +97,11 @@ mod reason {
 }
 
 enum Ending {
-    Dispatched { backend: String, reference: Option<String>, eta_s: Option<u32> },
+    Dispatched {
+        backend: String,
+        reference: Option<String>,
+        eta_s: Option<u32>,
+    },
     Escalated(&'static str),
     /// Cancelled by the resident, or the gateway is stopping (the outbox keeps it).
     Abandoned,
@@ -118,7 +127,9 @@ pub fn start(
             Some(var) => match std::env::var(var) {
                 Ok(t) if !t.is_empty() => Some(t),
                 _ => {
-                    problems.push(format!("[backends.{name}]: environment variable {var} (token_env) is not set"));
+                    problems.push(format!(
+                        "[backends.{name}]: environment variable {var} (token_env) is not set"
+                    ));
                     None
                 }
             },
@@ -136,10 +147,23 @@ pub fn start(
             config.dispatch.breaker_failures,
             Duration::from_millis(config.dispatch.breaker_cooldown_ms),
         );
-        backends.insert(name.clone(), Backend { http: HttpBackend { name: name.clone(), url, token }, breaker });
+        backends.insert(
+            name.clone(),
+            Backend {
+                http: HttpBackend {
+                    name: name.clone(),
+                    url,
+                    token,
+                },
+                breaker,
+            },
+        );
     }
     if !problems.is_empty() {
-        return Err(ConfigError { source_name: None, problems });
+        return Err(ConfigError {
+            source_name: None,
+            problems,
+        });
     }
     telemetry::escalation_reasons(reason::ALL);
     let client = reqwest::Client::builder()
@@ -148,21 +172,40 @@ pub fn start(
         .connect_timeout(Duration::from_secs(2))
         .user_agent(concat!("yijian-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| ConfigError { source_name: None, problems: vec![format!("HTTP client: {e}")] })?;
+        .map_err(|e| ConfigError {
+            source_name: None,
+            problems: vec![format!("HTTP client: {e}")],
+        })?;
     let updates = update::Updater::new(
         client.clone(),
-        backends.iter().map(|(n, b)| (n.clone(), (b.http.url.clone(), b.http.token.clone()))).collect(),
+        backends
+            .iter()
+            .map(|(n, b)| (n.clone(), (b.http.url.clone(), b.http.token.clone())))
+            .collect(),
     );
     let (tx, mut rx) = mpsc::channel::<Request>(4096);
     let active = Arc::new(Mutex::new(HashMap::new()));
     let permits = Arc::new(Semaphore::new(config.dispatch.max_in_flight));
     let backends = Arc::new(backends);
     let followups = followup::start(
-        followup::Deliverer::new(store.clone(), client.clone(), config.clone(), backends.clone()),
+        followup::Deliverer::new(
+            store.clone(),
+            client.clone(),
+            config.clone(),
+            backends.clone(),
+        ),
         stop.clone(),
         abort.clone(),
     );
-    let d = Arc::new(Dispatcher { store, feedback, client, config, backends, active: active.clone(), shutdown: abort });
+    let d = Arc::new(Dispatcher {
+        store,
+        feedback,
+        client,
+        config,
+        backends,
+        active: active.clone(),
+        shutdown: abort,
+    });
     let task = tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -192,19 +235,41 @@ pub fn start(
         }
         while tasks.join_next().await.is_some() {}
     });
-    Ok((DispatchHandle { tx, active, updates }, vec![task, followups]))
+    Ok((
+        DispatchHandle {
+            tx,
+            active,
+            updates,
+        },
+        vec![task, followups],
+    ))
 }
 
 impl Dispatcher {
     async fn run(&self, req: Request) {
         let token = self.shutdown.child_token();
-        self.active.lock().expect("dispatch lock is never poisoned").insert(req.id.clone(), token.clone());
+        self.active
+            .lock()
+            .expect("dispatch lock is never poisoned")
+            .insert(req.id.clone(), token.clone());
         let ending = self.route(&req, &token).await;
-        self.active.lock().expect("dispatch lock is never poisoned").remove(&req.id);
+        self.active
+            .lock()
+            .expect("dispatch lock is never poisoned")
+            .remove(&req.id);
         match ending {
-            Ending::Dispatched { backend, reference, eta_s } => {
+            Ending::Dispatched {
+                backend,
+                reference,
+                eta_s,
+            } => {
                 let at = now_ms();
-                let notice = self.journal(|| self.store.dispatched(&req.id, &backend, reference.clone(), eta_s, at)).await;
+                let notice = self
+                    .journal(|| {
+                        self.store
+                            .dispatched(&req.id, &backend, reference.clone(), eta_s, at)
+                    })
+                    .await;
                 if let Some(notice) = notice {
                     if let Some(secs) = telemetry::since_press(req.press.at, at) {
                         telemetry::press_to_dispatched(req.service, secs);
@@ -215,7 +280,12 @@ impl Dispatcher {
             }
             Ending::Escalated(why) => {
                 let contacts = self.contacts_policy(&req);
-                let notice = self.journal(|| self.store.escalated(&req.id, why, contacts.clone(), now_ms())).await;
+                let notice = self
+                    .journal(|| {
+                        self.store
+                            .escalated(&req.id, why, contacts.clone(), now_ms())
+                    })
+                    .await;
                 if let Some(notice) = notice {
                     telemetry::escalation(req.service, why);
                     tracing::warn!(reason = why, "request escalated to the desk");
@@ -252,7 +322,9 @@ impl Dispatcher {
     /// since the press is the one the crew should call). `null` when the device is bound to
     /// nobody on record: the request then carries the `resident_unknown` tag from intake.
     async fn resident_block(&self, req: &Request) -> serde_json::Value {
-        let Some(id) = req.resident_id.clone() else { return serde_json::Value::Null };
+        let Some(id) = req.resident_id.clone() else {
+            return serde_json::Value::Null;
+        };
         match self.store.read(move |c| residents::load(c, &id)).await {
             Ok(Some(r)) => r.backend_block(),
             Ok(None) => {
@@ -283,30 +355,52 @@ impl Dispatcher {
 
     async fn route(&self, req: &Request, token: &CancellationToken) -> Ending {
         let route = self.config.route(req.service);
-        let remaining_ms = (req.created_at + route.deadline.as_millis() as i64 - now_ms()).max(0) as u64;
+        let remaining_ms =
+            (req.created_at + route.deadline.as_millis() as i64 - now_ms()).max(0) as u64;
         let deadline = Instant::now() + Duration::from_millis(remaining_ms);
-        let callback = format!("{}/api/v1/requests/{}/events", self.config.public_url(), req.id);
+        let callback = format!(
+            "{}/api/v1/requests/{}/events",
+            self.config.public_url(),
+            req.id
+        );
         let body = http::body(req, self.resident_block(req).await, &callback);
         let dcfg = &self.config.dispatch;
-        let (initial, max) = (Duration::from_millis(dcfg.backoff_initial_ms), Duration::from_millis(dcfg.backoff_max_ms));
+        let (initial, max) = (
+            Duration::from_millis(dcfg.backoff_initial_ms),
+            Duration::from_millis(dcfg.backoff_max_ms),
+        );
         let mut attempt_no = req.attempts;
         let mut refused: HashSet<&str> = HashSet::new();
         // A backend's `Retry-After`: not asked again before then, even in the next round.
         let mut not_before: HashMap<&str, Instant> = HashMap::new();
-        let http_backends: Vec<&str> = route.backends.iter().map(String::as_str).filter(|b| *b != DESK).collect();
+        let http_backends: Vec<&str> = route
+            .backends
+            .iter()
+            .map(String::as_str)
+            .filter(|b| *b != DESK)
+            .collect();
         let mut round = 0u32;
         loop {
             let mut failed_any = false;
             for (pos, name) in route.backends.iter().enumerate() {
                 if name == DESK {
-                    return Ending::Escalated(if pos == 0 { reason::ROUTED } else { reason::FAILOVER });
+                    return Ending::Escalated(if pos == 0 {
+                        reason::ROUTED
+                    } else {
+                        reason::FAILOVER
+                    });
                 }
                 if refused.contains(name.as_str()) {
                     continue;
                 }
-                let Some(backend) = self.backends.get(name) else { continue };
+                let Some(backend) = self.backends.get(name) else {
+                    continue;
+                };
                 for i in 0..dcfg.attempts_per_backend {
-                    if not_before.get(name.as_str()).is_some_and(|t| *t > Instant::now()) {
+                    if not_before
+                        .get(name.as_str())
+                        .is_some_and(|t| *t > Instant::now())
+                    {
                         break;
                     }
                     if !backend.breaker.allow() {
@@ -343,11 +437,19 @@ impl Dispatcher {
                     match result {
                         AttemptResult::Accepted { reference, eta_s } => {
                             backend.breaker.success();
-                            return Ending::Dispatched { backend: name.clone(), reference, eta_s };
+                            return Ending::Dispatched {
+                                backend: name.clone(),
+                                reference,
+                                eta_s,
+                            };
                         }
                         AttemptResult::Conflict => {
                             backend.breaker.success();
-                            return Ending::Dispatched { backend: name.clone(), reference: None, eta_s: None };
+                            return Ending::Dispatched {
+                                backend: name.clone(),
+                                reference: None,
+                                eta_s: None,
+                            };
                         }
                         AttemptResult::Refused(status) => {
                             backend.breaker.success();
@@ -364,7 +466,12 @@ impl Dispatcher {
                             tracing::debug!(backend = %name, result = label, "attempt failed");
                             if i + 1 < dcfg.attempts_per_backend {
                                 let wait = retry_after.unwrap_or_else(|| {
-                                    backoff::delay(round * dcfg.attempts_per_backend + i, initial, max, &mut rand::thread_rng())
+                                    backoff::delay(
+                                        round * dcfg.attempts_per_backend + i,
+                                        initial,
+                                        max,
+                                        &mut rand::thread_rng(),
+                                    )
                                 });
                                 if let Some(e) = self.pause(wait, deadline, token).await {
                                     return e;
@@ -384,7 +491,11 @@ impl Dispatcher {
                 .iter()
                 .filter(|b| !refused.contains(*b))
                 .filter_map(|b| self.backends.get(*b).map(|be| (b, be)))
-                .map(|(b, be)| be.breaker.retry_at().max(not_before.get(b).copied().unwrap_or_else(Instant::now)))
+                .map(|(b, be)| {
+                    be.breaker
+                        .retry_at()
+                        .max(not_before.get(b).copied().unwrap_or_else(Instant::now))
+                })
                 .min()
                 .unwrap_or(deadline);
             let ready_in = ready.saturating_duration_since(Instant::now());
@@ -401,7 +512,12 @@ impl Dispatcher {
     }
 
     /// Sleep `wait`, but wake for the deadline, a cancel or shutdown.
-    async fn pause(&self, wait: Duration, deadline: Instant, token: &CancellationToken) -> Option<Ending> {
+    async fn pause(
+        &self,
+        wait: Duration,
+        deadline: Instant,
+        token: &CancellationToken,
+    ) -> Option<Ending> {
         let until = (Instant::now() + wait).min(deadline);
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {}

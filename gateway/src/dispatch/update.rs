@@ -31,8 +31,14 @@ pub struct Updater {
 
 impl Updater {
     /// An updater over the configured backends.
-    pub fn new(client: reqwest::Client, backends: HashMap<String, (reqwest::Url, Option<String>)>) -> Self {
-        Updater { client, backends: Arc::new(backends) }
+    pub fn new(
+        client: reqwest::Client,
+        backends: HashMap<String, (reqwest::Url, Option<String>)>,
+    ) -> Self {
+        Updater {
+            client,
+            backends: Arc::new(backends),
+        }
     }
 
     /// Where the update for `request_id` goes: the backend URL with `/{request_id}/updates`
@@ -110,6 +116,9 @@ mod tests {
         let u = |s: &str| Updater::url(&reqwest::Url::parse(s).unwrap(), "rq_1").to_string();
         assert_eq!(u("http://h:1/taxi"), "http://h:1/taxi/rq_1/updates");
         assert_eq!(u("http://h:1/taxi/"), "http://h:1/taxi/rq_1/updates");
-        assert_eq!(u("https://h/api/requests?x=1"), "https://h/api/requests/rq_1/updates?x=1");
+        assert_eq!(
+            u("https://h/api/requests?x=1"),
+            "https://h/api/requests/rq_1/updates?x=1"
+        );
     }
 }

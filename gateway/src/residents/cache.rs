@@ -35,7 +35,10 @@ impl From<&Resident> for ResidentInfo {
                 None
             }
         });
-        ResidentInfo { attributes: r.attributes.clone(), time_zone }
+        ResidentInfo {
+            attributes: r.attributes.clone(),
+            time_zone,
+        }
     }
 }
 
@@ -53,20 +56,34 @@ impl Residents {
     /// A cache over the journal. `default_zone` is an IANA name, or empty for none.
     pub fn new(store: Store, default_zone: &str) -> Self {
         // The configuration check has already refused an unknown zone.
-        let default_zone = (!default_zone.is_empty()).then(|| TimeZone::get(default_zone).ok()).flatten();
-        Residents { store, cache: Arc::new(RwLock::new(HashMap::new())), default_zone }
+        let default_zone = (!default_zone.is_empty())
+            .then(|| TimeZone::get(default_zone).ok())
+            .flatten();
+        Residents {
+            store,
+            cache: Arc::new(RwLock::new(HashMap::new())),
+            default_zone,
+        }
     }
 
     /// The routing view of resident `id`; `None` when not on record (or the journal failed).
     pub fn info(&self, id: &str) -> Option<Arc<ResidentInfo>> {
-        if let Some(hit) = self.cache.read().expect("residents lock is never poisoned").get(id) {
+        if let Some(hit) = self
+            .cache
+            .read()
+            .expect("residents lock is never poisoned")
+            .get(id)
+        {
             return hit.clone();
         }
         let owned = id.to_owned();
         match self.store.read_now(move |c| super::load(c, &owned)) {
             Ok(r) => {
                 let info = r.as_ref().map(|r| Arc::new(ResidentInfo::from(r)));
-                self.cache.write().expect("residents lock is never poisoned").insert(id.to_owned(), info.clone());
+                self.cache
+                    .write()
+                    .expect("residents lock is never poisoned")
+                    .insert(id.to_owned(), info.clone());
                 info
             }
             Err(e) => {
@@ -78,18 +95,28 @@ impl Residents {
 
     /// The zone a press is judged in: the resident's own, else the default.
     pub fn zone<'a>(&'a self, resident: Option<&'a ResidentInfo>) -> Option<&'a TimeZone> {
-        resident.and_then(|r| r.time_zone.as_ref()).or(self.default_zone.as_ref())
+        resident
+            .and_then(|r| r.time_zone.as_ref())
+            .or(self.default_zone.as_ref())
     }
 
     /// Forget everything (the journal changed under us).
     pub fn clear(&self) {
-        self.cache.write().expect("residents lock is never poisoned").clear();
+        self.cache
+            .write()
+            .expect("residents lock is never poisoned")
+            .clear();
     }
 }
 
 /// Poll the residents' change stamp every `every` until `shutdown`; on a change, empty the
 /// resident cache and the device directory (a binding may have moved).
-pub fn watch(residents: Residents, directory: Directory, every: Duration, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn watch(
+    residents: Residents,
+    directory: Directory,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen = residents.store.read(super::version).await.ok();
         loop {

@@ -59,7 +59,10 @@ pub fn records(text: &str) -> Result<Vec<Record>, (usize, String)> {
         at_field_start = false;
     }
     if let Some(opened) = quoted {
-        return Err((opened, "a quoted field is never closed (a \" is missing)".into()));
+        return Err((
+            opened,
+            "a quoted field is never closed (a \" is missing)".into(),
+        ));
     }
     if !field.is_empty() || !fields.is_empty() {
         fields.push(field);
@@ -80,7 +83,10 @@ mod tests {
     use super::*;
 
     fn rec(line: usize, fields: &[&str]) -> Record {
-        Record { line, fields: fields.iter().map(|s| s.to_string()).collect() }
+        Record {
+            line,
+            fields: fields.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]

@@ -15,11 +15,19 @@ const MAX_CONTACTS: usize = 10;
 /// Read and check `path`: `.csv` or `.toml` by extension.
 pub fn read_file(path: &Path) -> Result<Vec<Resident>, Vec<String>> {
     let label = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{label}: cannot read: {e}")])?;
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("{label}: cannot read: {e}")])?;
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("csv") => parse_csv(&label, &text),
         Some("toml") => parse_toml(&label, &text),
-        _ => Err(vec![format!("{label}: the file name must end in .csv or .toml")]),
+        _ => Err(vec![format!(
+            "{label}: the file name must end in .csv or .toml"
+        )]),
     }
 }
 
@@ -133,10 +141,13 @@ fn attr_value(cell: &str) -> AttrValue {
 
 /// CSV with a header row; see the README for the columns.
 pub fn parse_csv(file: &str, text: &str) -> Result<Vec<Resident>, Vec<String>> {
-    let records = csv::records(text).map_err(|(line, why)| vec![format!("{file}:{line}: {why}")])?;
+    let records =
+        csv::records(text).map_err(|(line, why)| vec![format!("{file}:{line}: {why}")])?;
     let mut records = records.into_iter();
     let Some(header) = records.next() else {
-        return Err(vec![format!("{file}: the file is empty (expected a header row: id,name,...)")]);
+        return Err(vec![format!(
+            "{file}: the file is empty (expected a header row: id,name,...)"
+        )]);
     };
     let mut columns = Vec::new();
     let mut header_errors = Vec::new();
@@ -155,7 +166,11 @@ pub fn parse_csv(file: &str, text: &str) -> Result<Vec<Resident>, Vec<String>> {
     }
     for required in [Column::Id, Column::Name] {
         if !columns.contains(&required) {
-            header_errors.push(format!("{file}:{}: the header has no {:?} column", header.line, format!("{required:?}").to_lowercase()));
+            header_errors.push(format!(
+                "{file}:{}: the header has no {:?} column",
+                header.line,
+                format!("{required:?}").to_lowercase()
+            ));
         }
     }
     if !header_errors.is_empty() {
@@ -173,13 +188,20 @@ pub fn parse_csv(file: &str, text: &str) -> Result<Vec<Resident>, Vec<String>> {
 fn csv_row(file: &str, columns: &[Column], rec: &csv::Record) -> (Resident, Vec<String>) {
     let cell = |c: &Column| -> Option<String> {
         let i = columns.iter().position(|x| x == c)?;
-        rec.fields.get(i).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+        rec.fields
+            .get(i)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
     };
     let id = cell(&Column::Id).unwrap_or_default();
     let at = place(file, rec.line, &id);
     let mut problems = Vec::new();
     if rec.fields.len() != columns.len() {
-        problems.push(format!("{at}: the row has {} fields, the header has {}", rec.fields.len(), columns.len()));
+        problems.push(format!(
+            "{at}: the row has {} fields, the header has {}",
+            rec.fields.len(),
+            columns.len()
+        ));
     }
     let coord = |c: &Column, what: &str, problems: &mut Vec<String>| -> Option<f64> {
         let v = cell(c)?;
@@ -193,7 +215,12 @@ fn csv_row(file: &str, columns: &[Column], rec: &csv::Record) -> (Resident, Vec<
     };
     let lat = coord(&Column::Lat, "lat", &mut problems);
     let lon = coord(&Column::Lon, "lon", &mut problems);
-    let location = match (lat, lon, cell(&Column::Lat).is_some(), cell(&Column::Lon).is_some()) {
+    let location = match (
+        lat,
+        lon,
+        cell(&Column::Lat).is_some(),
+        cell(&Column::Lon).is_some(),
+    ) {
         (Some(lat), Some(lon), _, _) => Some(Location { lat, lon }),
         (_, _, true, false) | (_, _, false, true) => {
             problems.push(format!("{at}: give both lat and lon, or neither"));
@@ -204,9 +231,17 @@ fn csv_row(file: &str, columns: &[Column], rec: &csv::Record) -> (Resident, Vec<
     let mut contacts = Vec::new();
     for n in 1..=MAX_CONTACTS {
         let f = |field| cell(&Column::Contact(n, field));
-        let (name, phone, relation) = (f(ContactField::Name), f(ContactField::Phone), f(ContactField::Relation));
+        let (name, phone, relation) = (
+            f(ContactField::Name),
+            f(ContactField::Phone),
+            f(ContactField::Relation),
+        );
         if name.is_some() || phone.is_some() || relation.is_some() {
-            contacts.push(Contact { name: name.unwrap_or_default(), phone: phone.unwrap_or_default(), relation });
+            contacts.push(Contact {
+                name: name.unwrap_or_default(),
+                phone: phone.unwrap_or_default(),
+                relation,
+            });
         }
     }
     let mut attributes = BTreeMap::new();
@@ -297,16 +332,28 @@ mod tests {
         let w = &got[0];
         assert_eq!(w.id, "r-1001");
         assert_eq!(w.address.as_deref(), Some("Room 302, 18 Lane 100, Xuhui"));
-        assert_eq!(w.location, Some(Location { lat: 31.19, lon: 121.44 }));
+        assert_eq!(
+            w.location,
+            Some(Location {
+                lat: 31.19,
+                lon: 121.44
+            })
+        );
         assert_eq!(w.time_zone, None);
         assert_eq!(w.contacts.len(), 2);
         assert_eq!(w.contacts[0].relation.as_deref(), Some("daughter"));
         assert_eq!(w.contacts[1].relation, None);
         assert_eq!(w.attributes["lives_alone"], AttrValue::Bool(true));
-        assert_eq!(w.attributes["mobility"], AttrValue::Text("wheelchair".into()));
+        assert_eq!(
+            w.attributes["mobility"],
+            AttrValue::Text("wheelchair".into())
+        );
         assert_eq!(w.attributes["floor"], AttrValue::Int(3));
         let l = &got[1];
-        assert_eq!((l.phone.as_deref(), l.location, l.contacts.len()), (None, None, 0));
+        assert_eq!(
+            (l.phone.as_deref(), l.location, l.contacts.len()),
+            (None, None, 0)
+        );
         assert_eq!(l.time_zone.as_deref(), Some("America/New_York"));
         assert_eq!(l.attributes.len(), 1, "empty cells are absent attributes");
     }
@@ -341,11 +388,21 @@ mod tests {
     fn csv_header_problems() {
         let errors = parse_csv("r.csv", "id,nmae,phone,phone\n").unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].starts_with("r.csv:1: unknown column \"nmae\""), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with("r.csv:1: unknown column \"nmae\""),
+            "{}",
+            errors[0]
+        );
         assert_eq!(errors[1], "r.csv:1: column \"phone\" appears twice");
         assert_eq!(errors[2], "r.csv:1: the header has no \"name\" column");
-        assert_eq!(parse_csv("r.csv", "").unwrap_err(), vec!["r.csv: the file is empty (expected a header row: id,name,...)"]);
-        assert_eq!(parse_csv("r.csv", "id,name\n").unwrap_err(), vec!["r.csv: no residents in the file"]);
+        assert_eq!(
+            parse_csv("r.csv", "").unwrap_err(),
+            vec!["r.csv: the file is empty (expected a header row: id,name,...)"]
+        );
+        assert_eq!(
+            parse_csv("r.csv", "id,name\n").unwrap_err(),
+            vec!["r.csv: no residents in the file"]
+        );
     }
 
     #[test]
@@ -388,9 +445,16 @@ location = { lat = 31.0, lon = 200.0 }
 "#;
         let errors = parse_toml("r.toml", bad).unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].starts_with("r.toml:1: resident r-1: unknown field `phon`"), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with("r.toml:1: resident r-1: unknown field `phon`"),
+            "{}",
+            errors[0]
+        );
         assert_eq!(errors[1], "r.toml:6: resident r-2: attribute height must be a boolean, an integer or a string, not float");
-        assert_eq!(errors[2], "r.toml:11: resident r-3: location: lon 200 must be between -180 and 180");
+        assert_eq!(
+            errors[2],
+            "r.toml:11: resident r-3: location: lon 200 must be between -180 and 180"
+        );
         let syntax = parse_toml("r.toml", "[[resident]]\nid = \"x\nname = 1\n").unwrap_err();
         assert!(syntax[0].starts_with("r.toml:2:"), "{syntax:?}");
     }

@@ -90,19 +90,33 @@ impl Resident {
         text(&mut p, "name", Some(&self.name), 128, true);
         phone(&mut p, "phone", self.phone.as_deref());
         text(&mut p, "address", self.address.as_deref(), 256, false);
-        text(&mut p, "preferred_hospital", self.preferred_hospital.as_deref(), 128, false);
+        text(
+            &mut p,
+            "preferred_hospital",
+            self.preferred_hospital.as_deref(),
+            128,
+            false,
+        );
         // Notes are free text for rescuers: line breaks are fine there.
         if let Some(n) = &self.notes {
-            if n.chars().count() > 2000 || n.chars().any(|c| c.is_control() && c != '\n' && c != '\r') {
+            if n.chars().count() > 2000
+                || n.chars().any(|c| c.is_control() && c != '\n' && c != '\r')
+            {
                 p.push("notes must be at most 2000 characters without control characters".into());
             }
         }
         if let Some(l) = self.location {
             if !(l.lat.is_finite() && (-90.0..=90.0).contains(&l.lat)) {
-                p.push(format!("location: lat {} must be between -90 and 90", l.lat));
+                p.push(format!(
+                    "location: lat {} must be between -90 and 90",
+                    l.lat
+                ));
             }
             if !(l.lon.is_finite() && (-180.0..=180.0).contains(&l.lon)) {
-                p.push(format!("location: lon {} must be between -180 and 180", l.lon));
+                p.push(format!(
+                    "location: lon {} must be between -180 and 180",
+                    l.lon
+                ));
             }
         }
         if self.contacts.len() > 10 {
@@ -110,27 +124,47 @@ impl Resident {
         }
         for (i, c) in self.contacts.iter().enumerate() {
             let n = i + 1;
-            text(&mut p, &format!("contact {n} name"), Some(&c.name), 128, true);
+            text(
+                &mut p,
+                &format!("contact {n} name"),
+                Some(&c.name),
+                128,
+                true,
+            );
             if c.phone.trim().is_empty() {
-                p.push(format!("contact {n} phone is missing: a contact is someone to call"));
+                p.push(format!(
+                    "contact {n} phone is missing: a contact is someone to call"
+                ));
             } else {
                 phone(&mut p, &format!("contact {n} phone"), Some(&c.phone));
             }
-            text(&mut p, &format!("contact {n} relation"), c.relation.as_deref(), 64, false);
+            text(
+                &mut p,
+                &format!("contact {n} relation"),
+                c.relation.as_deref(),
+                64,
+                false,
+            );
         }
         for (name, value) in &self.attributes {
             if !attribute_name_ok(name) {
-                p.push(format!("attribute name {name:?} must be 1-64 characters of A-Z, a-z, 0-9, _ and -"));
+                p.push(format!(
+                    "attribute name {name:?} must be 1-64 characters of A-Z, a-z, 0-9, _ and -"
+                ));
             }
             if let AttrValue::Text(s) = value {
                 if s.chars().count() > 128 || s.chars().any(char::is_control) {
-                    p.push(format!("attribute {name}: the value must be at most 128 printable characters"));
+                    p.push(format!(
+                        "attribute {name}: the value must be at most 128 printable characters"
+                    ));
                 }
             }
         }
         if let Some(tz) = &self.time_zone {
             if jiff::tz::TimeZone::get(tz).is_err() {
-                p.push(format!("time_zone {tz:?} is not a known IANA time zone (e.g. Asia/Shanghai, UTC)"));
+                p.push(format!(
+                    "time_zone {tz:?} is not a known IANA time zone (e.g. Asia/Shanghai, UTC)"
+                ));
             }
         }
         p
@@ -154,12 +188,18 @@ impl Resident {
 
 /// Whether `name` can be a resident attribute (and so be matched by a rule).
 pub fn attribute_name_ok(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Why `id` cannot be a resident id, if it cannot.
 pub fn id_problem(id: &str) -> Option<String> {
-    let ok = !id.is_empty() && id.chars().count() <= 64 && !id.chars().any(|c| c.is_control() || c.is_whitespace());
+    let ok = !id.is_empty()
+        && id.chars().count() <= 64
+        && !id.chars().any(|c| c.is_control() || c.is_whitespace());
     (!ok).then(|| format!("resident id {id:?} must be 1-64 characters without spaces"))
 }
 
@@ -168,10 +208,12 @@ fn text(p: &mut Vec<String>, what: &str, v: Option<&str>, max: usize, required: 
         None if required => p.push(format!("{what} is missing")),
         None => {}
         Some(s) if required && s.trim().is_empty() => p.push(format!("{what} is missing")),
-        Some(s) if s.chars().count() > max => p.push(format!("{what} is longer than {max} characters")),
-        Some(s) if s.chars().any(char::is_control) => {
-            p.push(format!("{what} contains a line break or a control character"))
+        Some(s) if s.chars().count() > max => {
+            p.push(format!("{what} is longer than {max} characters"))
         }
+        Some(s) if s.chars().any(char::is_control) => p.push(format!(
+            "{what} contains a line break or a control character"
+        )),
         Some(_) => {}
     }
 }
@@ -181,7 +223,8 @@ fn phone(p: &mut Vec<String>, what: &str, v: Option<&str>) {
         let digits = s.chars().filter(char::is_ascii_digit).count();
         let ok = s.len() <= 32
             && digits >= 3
-            && s.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | ' ' | '(' | ')'));
+            && s.chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | ' ' | '(' | ')'));
         if !ok {
             p.push(format!("{what} {s:?} must be a phone number: digits, spaces, + - ( ), at most 32 characters"));
         }
@@ -194,8 +237,10 @@ pub fn load(c: &Connection, id: &str) -> Result<Option<Resident>, StoreError> {
         .prepare_cached("SELECT data FROM residents WHERE resident_id = ?1")?
         .query_row(params![id], |r| r.get(0))
         .optional()?;
-    data.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("resident {id}: {e}"))))
-        .transpose()
+    data.map(|d| {
+        serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("resident {id}: {e}")))
+    })
+    .transpose()
 }
 
 /// Every resident, by id.
@@ -205,14 +250,20 @@ pub fn list(c: &Connection) -> Result<Vec<Resident>, StoreError> {
     let mut out = Vec::new();
     for row in rows {
         let (id, data) = row?;
-        out.push(serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(format!("resident {id}: {e}")))?);
+        out.push(
+            serde_json::from_str(&data)
+                .map_err(|e| StoreError::Corrupt(format!("resident {id}: {e}")))?,
+        );
     }
     Ok(out)
 }
 
 /// The residents table's change stamp: the largest `updated_at` (indexed, so cheap to poll).
 pub fn version(c: &Connection) -> Result<i64, StoreError> {
-    Ok(c.prepare_cached("SELECT coalesce(max(updated_at), 0) FROM residents")?.query_row([], |r| r.get(0))?)
+    Ok(
+        c.prepare_cached("SELECT coalesce(max(updated_at), 0) FROM residents")?
+            .query_row([], |r| r.get(0))?,
+    )
 }
 
 /// A stamp later than every `updated_at` so far and not before `now`: watchers compare maxima,
@@ -231,7 +282,11 @@ pub fn upsert_all(c: &mut Connection, residents: &[Resident], now: i64) -> Resul
              ON CONFLICT (resident_id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
         )?;
         for r in residents {
-            stmt.execute(params![r.id, serde_json::to_string(r).expect("residents serialize"), stamp])?;
+            stmt.execute(params![
+                r.id,
+                serde_json::to_string(r).expect("residents serialize"),
+                stamp
+            ])?;
         }
     }
     tx.commit()?;
@@ -240,13 +295,24 @@ pub fn upsert_all(c: &mut Connection, residents: &[Resident], now: i64) -> Resul
 
 /// Bind `device_id` to `resident_id` (or to nobody). The resident must exist. Raises the
 /// residents' change stamp so a running gateway re-reads the binding.
-pub fn bind_device(c: &mut Connection, device_id: &str, resident_id: Option<&str>, now: i64) -> Result<(), StoreError> {
+pub fn bind_device(
+    c: &mut Connection,
+    device_id: &str,
+    resident_id: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let previous: Option<Option<String>> = tx
-        .query_row("SELECT resident_id FROM devices WHERE device_id = ?1", params![device_id], |r| r.get(0))
+        .query_row(
+            "SELECT resident_id FROM devices WHERE device_id = ?1",
+            params![device_id],
+            |r| r.get(0),
+        )
         .optional()?;
     let Some(previous) = previous else {
-        return Err(StoreError::Setup(format!("device {device_id} is not registered")));
+        return Err(StoreError::Setup(format!(
+            "device {device_id} is not registered"
+        )));
     };
     if let Some(r) = resident_id {
         if load(&tx, r)?.is_none() {
@@ -255,10 +321,16 @@ pub fn bind_device(c: &mut Connection, device_id: &str, resident_id: Option<&str
             )));
         }
     }
-    tx.execute("UPDATE devices SET resident_id = ?2 WHERE device_id = ?1", params![device_id, resident_id])?;
+    tx.execute(
+        "UPDATE devices SET resident_id = ?2 WHERE device_id = ?1",
+        params![device_id, resident_id],
+    )?;
     let stamp = next_stamp(&tx, now)?;
     for r in [previous.as_deref(), resident_id].into_iter().flatten() {
-        tx.execute("UPDATE residents SET updated_at = ?2 WHERE resident_id = ?1", params![r, stamp])?;
+        tx.execute(
+            "UPDATE residents SET updated_at = ?2 WHERE resident_id = ?1",
+            params![r, stamp],
+        )?;
     }
     tx.commit()?;
     Ok(())
@@ -266,7 +338,8 @@ pub fn bind_device(c: &mut Connection, device_id: &str, resident_id: Option<&str
 
 /// Devices bound to a resident.
 pub fn devices_of(c: &Connection, resident_id: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt = c.prepare("SELECT device_id FROM devices WHERE resident_id = ?1 ORDER BY device_id")?;
+    let mut stmt =
+        c.prepare("SELECT device_id FROM devices WHERE resident_id = ?1 ORDER BY device_id")?;
     let rows = stmt.query_map(params![resident_id], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }

@@ -219,8 +219,8 @@ pub fn read_dir_sources(dir: &Path) -> Result<Sources, CheckFailed> {
         errors: vec![diag::set_error(&label, message)],
         warnings: vec![],
     };
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| fail(format!("cannot read the rules directory: {e}")))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| fail(format!("cannot read the rules directory: {e}")))?;
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| fail(format!("cannot list the rules directory: {e}")))?;

@@ -81,7 +81,12 @@ impl Reloader {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
-                let desc = format!("{} rules from {} ({})", loaded.set.len(), d.display(), loaded.set.files().join(", "));
+                let desc = format!(
+                    "{} rules from {} ({})",
+                    loaded.set.len(),
+                    d.display(),
+                    loaded.set.files().join(", ")
+                );
                 (loaded.set, Some(sources), desc)
             }
             None => {
@@ -107,7 +112,10 @@ impl Reloader {
 
     /// The set a press would be evaluated against now.
     pub fn current(&self) -> Arc<RuleSet> {
-        self.live.read().expect("rules lock is never poisoned").clone()
+        self.live
+            .read()
+            .expect("rules lock is never poisoned")
+            .clone()
     }
 
     /// Reload counters; `changed()` wakes on every attempt.
@@ -119,7 +127,10 @@ impl Reloader {
     pub fn reload(&self, why: &str) -> Outcome {
         let _busy = self.busy.lock().expect("reload lock is never poisoned");
         let Some(dir) = &self.dir else {
-            tracing::info!(trigger = why, "rules reload asked for, but the gateway runs on the built-in rules");
+            tracing::info!(
+                trigger = why,
+                "rules reload asked for, but the gateway runs on the built-in rules"
+            );
             return self.record(Outcome::Builtin);
         };
         match stable_sources(dir) {
@@ -181,9 +192,15 @@ impl Reloader {
             Err(failed) => {
                 let marker = vec![(dir.display().to_string(), Err(failed.to_string()))];
                 if previous.as_ref() == Some(&marker)
-                    && self.tried.lock().expect("reload lock is never poisoned").as_ref() != Some(&marker)
+                    && self
+                        .tried
+                        .lock()
+                        .expect("reload lock is never poisoned")
+                        .as_ref()
+                        != Some(&marker)
                 {
-                    *self.tried.lock().expect("reload lock is never poisoned") = Some(marker.clone());
+                    *self.tried.lock().expect("reload lock is never poisoned") =
+                        Some(marker.clone());
                     self.refuse(failed, "files changed");
                 }
                 *previous = Some(marker);
@@ -191,7 +208,12 @@ impl Reloader {
             }
         };
         let stable = previous.as_ref() == Some(&now);
-        let new = self.tried.lock().expect("reload lock is never poisoned").as_ref() != Some(&now);
+        let new = self
+            .tried
+            .lock()
+            .expect("reload lock is never poisoned")
+            .as_ref()
+            != Some(&now);
         if stable && new {
             self.apply(dir, now.clone(), "files changed");
         }
@@ -214,8 +236,15 @@ fn stable_sources(dir: &std::path::Path) -> Result<Sources, CheckFailed> {
 
 fn describe(o: &Outcome) -> String {
     match o {
-        Outcome::Loaded { rules, files, warnings } => {
-            format!("{rules} rules from {} ({warnings} warnings)", files.join(", "))
+        Outcome::Loaded {
+            rules,
+            files,
+            warnings,
+        } => {
+            format!(
+                "{rules} rules from {} ({warnings} warnings)",
+                files.join(", ")
+            )
         }
         Outcome::Refused(why) => format!("refused: {why}"),
         Outcome::Builtin => "built-in".into(),
@@ -225,12 +254,20 @@ fn describe(o: &Outcome) -> String {
 /// Watch the rules directory every `every` (when non-zero) until `shutdown`. Reading a few
 /// small files a second is cheaper and more portable than file-system notifications, and
 /// sees a symlinked directory being swapped.
-pub fn watch(reloader: Arc<Reloader>, every: Duration, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn watch(
+    reloader: Arc<Reloader>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if every.is_zero() || reloader.dir.is_none() {
             return;
         }
-        let mut previous = reloader.tried.lock().expect("reload lock is never poisoned").clone();
+        let mut previous = reloader
+            .tried
+            .lock()
+            .expect("reload lock is never poisoned")
+            .clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -284,11 +321,19 @@ mod tests {
         let mut previous = r.tried.lock().unwrap().clone();
 
         r.poll(&mut previous);
-        assert_eq!(r.subscribe().borrow().attempts, 0, "nothing changed, nothing done");
+        assert_eq!(
+            r.subscribe().borrow().attempts,
+            0,
+            "nothing changed, nothing done"
+        );
 
         std::fs::write(&file, rule("two")).expect("write");
         r.poll(&mut previous);
-        assert_eq!(first_rule(&r), "one", "a change seen once may still be being written");
+        assert_eq!(
+            first_rule(&r),
+            "one",
+            "a change seen once may still be being written"
+        );
         r.poll(&mut previous);
         assert_eq!(first_rule(&r), "two", "seen twice the same: loaded");
         assert_eq!(r.subscribe().borrow().generation, 1);
@@ -298,8 +343,14 @@ mod tests {
         r.poll(&mut previous);
         r.poll(&mut previous);
         let status = r.subscribe().borrow().clone();
-        assert_eq!(status.attempts, 2, "refused once, not at every poll: {status:?}");
-        assert!(matches!(status.last, Some(Outcome::Refused(ref why)) if why.contains("rule \"three\"")), "{status:?}");
+        assert_eq!(
+            status.attempts, 2,
+            "refused once, not at every poll: {status:?}"
+        );
+        assert!(
+            matches!(status.last, Some(Outcome::Refused(ref why)) if why.contains("rule \"three\"")),
+            "{status:?}"
+        );
         assert_eq!(first_rule(&r), "two", "the old set stays");
 
         // SIGHUP reloads even what the watcher has already seen.
@@ -308,7 +359,11 @@ mod tests {
         assert_eq!(first_rule(&r), "four");
         r.poll(&mut previous);
         r.poll(&mut previous);
-        assert_eq!(r.subscribe().borrow().generation, 2, "the watcher does not load it a second time");
+        assert_eq!(
+            r.subscribe().borrow().generation,
+            2,
+            "the watcher does not load it a second time"
+        );
     }
 
     #[test]

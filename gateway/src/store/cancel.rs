@@ -57,9 +57,14 @@ pub(super) fn press(
         })
         .optional()?;
     let Some((request_id, service, state, backend, reference, eta_s)) = target else {
-        c.prepare_cached("UPDATE presses SET outcome = 'cancel_noop' WHERE device_id = ?1 AND press_id = ?2")?
-            .execute(params![e.device_id, p.id])?;
-        return Ok(PressOutcome::NothingToCancel(nothing_to_cancel(&e.device_id, &p.id)));
+        c.prepare_cached(
+            "UPDATE presses SET outcome = 'cancel_noop' WHERE device_id = ?1 AND press_id = ?2",
+        )?
+        .execute(params![e.device_id, p.id])?;
+        return Ok(PressOutcome::NothingToCancel(nothing_to_cancel(
+            &e.device_id,
+            &p.id,
+        )));
     };
     let t = Target {
         request_id,
@@ -85,14 +90,21 @@ pub(super) fn press(
             e.intake_at,
             "cancel_requested",
             None,
-            Some(json!({"by": "resident", "press": p.id, "rule": e.rule, "state": t.state.as_str(),
-                        "note": "help is on its way: an operator confirms with the resident by phone"})),
+            Some(
+                json!({"by": "resident", "press": p.id, "rule": e.rule, "state": t.state.as_str(),
+                        "note": "help is on its way: an operator confirms with the resident by phone"}),
+            ),
         )?;
-        return Ok(PressOutcome::CancelFlagged(flagged_notice(&e.device_id, &p.id, &t)));
+        return Ok(PressOutcome::CancelFlagged(flagged_notice(
+            &e.device_id,
+            &p.id,
+            &t,
+        )));
     }
     c.prepare_cached("UPDATE requests SET state = 'cancelled', updated_at = ?2, closed_at = ?2 WHERE request_id = ?1")?
         .execute(params![rid, e.intake_at])?;
-    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?.execute(params![rid])?;
+    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?
+        .execute(params![rid])?;
     c.prepare_cached("UPDATE presses SET request_id = ?3 WHERE device_id = ?1 AND press_id = ?2")?
         .execute(params![e.device_id, p.id, rid])?;
     event(
@@ -103,7 +115,14 @@ pub(super) fn press(
         Some(RequestState::Cancelled),
         Some(json!({"by": "resident", "press": p.id, "rule": e.rule, "was": t.state.as_str()})),
     )?;
-    tell_backend(c, rid, t.state, t.backend.as_deref(), "resident", e.intake_at)?;
+    tell_backend(
+        c,
+        rid,
+        t.state,
+        t.backend.as_deref(),
+        "resident",
+        e.intake_at,
+    )?;
     deltas.push((t.service, Some(t.state), Some(RequestState::Cancelled)));
     Ok(PressOutcome::Cancelled {
         notice: Notice {
@@ -134,11 +153,23 @@ fn flagged_notice(device_id: &str, press_id: &str, t: &Target) -> Notice {
 }
 
 /// A retransmitted cancel press that was flagged: where the request stands now.
-pub(super) fn flagged_again(c: &Connection, device_id: &str, press_id: &str, request_id: &str) -> Result<Notice, StoreError> {
+pub(super) fn flagged_again(
+    c: &Connection,
+    device_id: &str,
+    press_id: &str,
+    request_id: &str,
+) -> Result<Notice, StoreError> {
     let row = c
-        .prepare_cached("SELECT service, state, backend_ref, eta_s FROM requests WHERE request_id = ?1")?
+        .prepare_cached(
+            "SELECT service, state, backend_ref, eta_s FROM requests WHERE request_id = ?1",
+        )?
         .query_row(params![request_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, Option<u32>>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<u32>>(3)?,
+            ))
         })?;
     let t = Target {
         request_id: request_id.to_owned(),
@@ -167,7 +198,10 @@ pub(super) fn tell_backend(
     by: &str,
     at: i64,
 ) -> Result<(), StoreError> {
-    let accepted = matches!(from, RequestState::Dispatched | RequestState::EnRoute | RequestState::Arrived);
+    let accepted = matches!(
+        from,
+        RequestState::Dispatched | RequestState::EnRoute | RequestState::Arrived
+    );
     match backend {
         Some(b) if accepted && b != DESK => followup::queue_cancel(c, request_id, b, by, at),
         _ => Ok(()),
@@ -176,10 +210,12 @@ pub(super) fn tell_backend(
 
 /// The backend a request is with, for an operator's cancel.
 pub(super) fn backend_of(c: &Connection, request_id: &str) -> Result<Option<String>, StoreError> {
-    Ok(c.prepare_cached("SELECT backend FROM requests WHERE request_id = ?1")?
-        .query_row(params![request_id], |r| r.get::<_, Option<String>>(0))
-        .optional()?
-        .flatten())
+    Ok(
+        c.prepare_cached("SELECT backend FROM requests WHERE request_id = ?1")?
+            .query_row(params![request_id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten(),
+    )
 }
 
 #[cfg(test)]
@@ -191,7 +227,13 @@ mod tests {
     fn entry(press_id: &str, gesture: Gesture, action: PressAction, at: i64) -> PressEntry {
         PressEntry {
             device_id: "d-1".into(),
-            press: Press { id: press_id.into(), button: "main".into(), gesture, at, battery: None },
+            press: Press {
+                id: press_id.into(),
+                button: "main".into(),
+                gesture,
+                at,
+                battery: None,
+            },
             action,
             rule: "test".into(),
             resident_id: None,
@@ -202,7 +244,11 @@ mod tests {
     }
 
     fn taxi() -> PressAction {
-        PressAction::Request { service: Service::Taxi, priority: Priority::Routine, tags: vec![] }
+        PressAction::Request {
+            service: Service::Taxi,
+            priority: Priority::Routine,
+            tags: vec![],
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,24 +257,53 @@ mod tests {
         let store = Store::open(&dir.path().join("j.db"), 16).expect("journal");
         let window = 120_000;
         let t0 = 1_764_324_000_000;
-        let PressOutcome::Created(first) = store.press(entry("p1", Gesture::Double, taxi(), t0)).await.expect("press") else {
+        let PressOutcome::Created(first) = store
+            .press(entry("p1", Gesture::Double, taxi(), t0))
+            .await
+            .expect("press")
+        else {
             panic!("a request")
         };
         let cancel = PressAction::Cancel { window_ms: window };
-        match store.press(entry("c1", Gesture::Long, cancel.clone(), t0 + window)).await.expect("press") {
-            PressOutcome::Cancelled { notice, .. } => assert_eq!(notice.request_id.as_deref(), Some(first.id.as_str())),
+        match store
+            .press(entry("c1", Gesture::Long, cancel.clone(), t0 + window))
+            .await
+            .expect("press")
+        {
+            PressOutcome::Cancelled { notice, .. } => {
+                assert_eq!(notice.request_id.as_deref(), Some(first.id.as_str()))
+            }
             other => panic!("inside the window: {other:?}"),
         }
         let t1 = t0 + 10 * window;
-        store.press(entry("p2", Gesture::Double, taxi(), t1)).await.expect("press");
-        match store.press(entry("c2", Gesture::Long, cancel, t1 + window + 1)).await.expect("press") {
+        store
+            .press(entry("p2", Gesture::Double, taxi(), t1))
+            .await
+            .expect("press");
+        match store
+            .press(entry("c2", Gesture::Long, cancel, t1 + window + 1))
+            .await
+            .expect("press")
+        {
             PressOutcome::NothingToCancel(n) => assert_eq!(n.request_id, None),
             other => panic!("after the window: {other:?}"),
         }
         // A retransmitted cancel press gets the same answer, and cancels nothing more.
-        match store.press(entry("c1", Gesture::Long, PressAction::Cancel { window_ms: window }, t1 + 5)).await.expect("press") {
+        match store
+            .press(entry(
+                "c1",
+                Gesture::Long,
+                PressAction::Cancel { window_ms: window },
+                t1 + 5,
+            ))
+            .await
+            .expect("press")
+        {
             PressOutcome::Duplicate(n) => {
-                assert_eq!((n.state, n.request_id.as_deref()), (FeedbackState::Cancelled, Some(first.id.as_str())))
+                assert_eq!(
+                    (n.state, n.request_id.as_deref()),
+                    (FeedbackState::Cancelled, Some(first.id.as_str()))
+                )
             }
             other => panic!("a duplicate: {other:?}"),
         }

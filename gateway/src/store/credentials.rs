@@ -39,9 +39,11 @@ pub struct ChangeEntry {
 }
 
 fn revoked_state(c: &Connection, device_id: &str) -> Result<Option<bool>, StoreError> {
-    Ok(c.prepare_cached("SELECT revoked_at IS NOT NULL FROM devices WHERE device_id = ?1")?
-        .query_row(params![device_id], |r| r.get::<_, bool>(0))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT revoked_at IS NOT NULL FROM devices WHERE device_id = ?1")?
+            .query_row(params![device_id], |r| r.get::<_, bool>(0))
+            .optional()?,
+    )
 }
 
 /// Revoke a device: it may never connect again, and a running gateway drops its connection.
@@ -52,7 +54,10 @@ pub fn revoke(c: &mut Connection, device_id: &str, at: i64) -> Result<Change, St
         Some(true) => return Ok(Change::Revoked),
         Some(false) => {}
     }
-    tx.execute("UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1", params![device_id, at])?;
+    tx.execute(
+        "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1",
+        params![device_id, at],
+    )?;
     tx.execute(
         "INSERT INTO device_changes (device_id, change, at) VALUES (?1, ?2, ?3)",
         params![device_id, REVOKED, at],
@@ -63,14 +68,22 @@ pub fn revoke(c: &mut Connection, device_id: &str, at: i64) -> Result<Change, St
 
 /// Replace a device's secret digest: the old secret stops working at once, and a running
 /// gateway drops the connection made with it.
-pub fn rotate(c: &mut Connection, device_id: &str, secret_sha256: &[u8], at: i64) -> Result<Change, StoreError> {
+pub fn rotate(
+    c: &mut Connection,
+    device_id: &str,
+    secret_sha256: &[u8],
+    at: i64,
+) -> Result<Change, StoreError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match revoked_state(&tx, device_id)? {
         None => return Ok(Change::NotFound),
         Some(true) => return Ok(Change::Revoked),
         Some(false) => {}
     }
-    tx.execute("UPDATE devices SET secret_sha256 = ?2 WHERE device_id = ?1", params![device_id, secret_sha256])?;
+    tx.execute(
+        "UPDATE devices SET secret_sha256 = ?2 WHERE device_id = ?1",
+        params![device_id, secret_sha256],
+    )?;
     tx.execute(
         "INSERT INTO device_changes (device_id, change, at) VALUES (?1, ?2, ?3)",
         params![device_id, ROTATED, at],
@@ -81,14 +94,24 @@ pub fn rotate(c: &mut Connection, device_id: &str, secret_sha256: &[u8], at: i64
 
 /// The log's newest position (0 when empty).
 pub fn last_seq(c: &Connection) -> Result<i64, StoreError> {
-    Ok(c.query_row("SELECT coalesce(max(seq), 0) FROM device_changes", [], |r| r.get(0))?)
+    Ok(c.query_row(
+        "SELECT coalesce(max(seq), 0) FROM device_changes",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Entries after `seq`, oldest first.
 pub fn since(c: &Connection, seq: i64) -> Result<Vec<ChangeEntry>, StoreError> {
-    let mut stmt = c.prepare_cached("SELECT seq, device_id, change FROM device_changes WHERE seq > ?1 ORDER BY seq LIMIT 1000")?;
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, device_id, change FROM device_changes WHERE seq > ?1 ORDER BY seq LIMIT 1000",
+    )?;
     let rows = stmt.query_map(params![seq], |r| {
-        Ok(ChangeEntry { seq: r.get(0)?, device_id: r.get(1)?, change: r.get(2)? })
+        Ok(ChangeEntry {
+            seq: r.get(0)?,
+            device_id: r.get(1)?,
+            change: r.get(2)?,
+        })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
@@ -104,7 +127,10 @@ mod tests {
         super::super::read::add_device(&c, "d1", &[1; 32], "one-button", None, 1).unwrap();
         assert_eq!(last_seq(&c).unwrap(), 0);
         assert_eq!(rotate(&mut c, "d1", &[2; 32], 2).unwrap(), Change::Done);
-        assert_eq!(rotate(&mut c, "nope", &[2; 32], 2).unwrap(), Change::NotFound);
+        assert_eq!(
+            rotate(&mut c, "nope", &[2; 32], 2).unwrap(),
+            Change::NotFound
+        );
         assert_eq!(revoke(&mut c, "d1", 3).unwrap(), Change::Done);
         assert_eq!(revoke(&mut c, "d1", 4).unwrap(), Change::Revoked);
         assert_eq!(rotate(&mut c, "d1", &[3; 32], 5).unwrap(), Change::Revoked);
@@ -114,7 +140,11 @@ mod tests {
         assert_eq!(since(&c, log[0].seq).unwrap().len(), 1);
         assert_eq!(last_seq(&c).unwrap(), log[1].seq);
         let d = super::super::read::device(&c, "d1").unwrap().unwrap();
-        assert_eq!(d.secret_sha256, vec![2; 32], "a revoked device's digest is not rotated");
+        assert_eq!(
+            d.secret_sha256,
+            vec![2; 32],
+            "a revoked device's digest is not rotated"
+        );
         assert_eq!(d.revoked_at, Some(3));
     }
 }

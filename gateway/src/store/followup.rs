@@ -119,7 +119,13 @@ fn enqueue(c: &Connection, f: &Followup) -> Result<bool, StoreError> {
 }
 
 /// Tell `backend` that `request_id` is cancelled (`by`: `resident` or `operator`).
-pub(crate) fn queue_cancel(c: &Connection, request_id: &str, backend: &str, by: &str, at: i64) -> Result<(), StoreError> {
+pub(crate) fn queue_cancel(
+    c: &Connection,
+    request_id: &str,
+    backend: &str,
+    by: &str,
+    at: i64,
+) -> Result<(), StoreError> {
     let body = json!({
         "request_id": request_id,
         "reason": format!("cancelled_by_{by}"),
@@ -135,7 +141,14 @@ pub(crate) fn queue_cancel(c: &Connection, request_id: &str, backend: &str, by: 
         created_at: at,
     };
     if enqueue(c, &f)? {
-        event(c, request_id, at, "backend_cancel_queued", None, Some(json!({"backend": backend, "by": by})))?;
+        event(
+            c,
+            request_id,
+            at,
+            "backend_cancel_queued",
+            None,
+            Some(json!({"backend": backend, "by": by})),
+        )?;
     }
     Ok(())
 }
@@ -165,19 +178,38 @@ pub(crate) fn queue_contacts(
         NotifyContacts::Via(b) => b,
     };
     let about = c
-        .prepare_cached("SELECT service, priority, created_at, resident_id FROM requests WHERE request_id = ?1")?
+        .prepare_cached(
+            "SELECT service, priority, created_at, resident_id FROM requests WHERE request_id = ?1",
+        )?
         .query_row(params![request_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<String>>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
         })
         .optional()?;
-    let Some((service, priority, created_at, resident_id)) = about else { return Ok(()) };
-    let about = About { service: service.parse().map_err(StoreError::Corrupt)?, priority, created_at, resident_id };
+    let Some((service, priority, created_at, resident_id)) = about else {
+        return Ok(());
+    };
+    let about = About {
+        service: service.parse().map_err(StoreError::Corrupt)?,
+        priority,
+        created_at,
+        resident_id,
+    };
     let resident = match &about.resident_id {
         Some(id) => residents::load(c, id)?,
         None => None,
     };
     let Some(resident) = resident else {
-        return not_notified(c, request_id, at, "the device is bound to no resident on record");
+        return not_notified(
+            c,
+            request_id,
+            at,
+            "the device is bound to no resident on record",
+        );
     };
     if resident.contacts.is_empty() {
         return not_notified(c, request_id, at, "the resident has no contacts on record");
@@ -189,7 +221,8 @@ pub(crate) fn queue_contacts(
             target: backend.clone(),
             request_id: request_id.to_owned(),
             kind: Kind::Notify,
-            body: notify_body(request_id, &about, &resident, contact, i + 1, reason, at).to_string(),
+            body: notify_body(request_id, &about, &resident, contact, i + 1, reason, at)
+                .to_string(),
             attempts: 0,
             created_at: at,
         };
@@ -198,13 +231,27 @@ pub(crate) fn queue_contacts(
         }
     }
     if !queued.is_empty() {
-        event(c, request_id, at, "contacts_notify_queued", None, Some(json!({"backend": backend, "contacts": queued})))?;
+        event(
+            c,
+            request_id,
+            at,
+            "contacts_notify_queued",
+            None,
+            Some(json!({"backend": backend, "contacts": queued})),
+        )?;
     }
     Ok(())
 }
 
 fn not_notified(c: &Connection, request_id: &str, at: i64, why: &str) -> Result<(), StoreError> {
-    event(c, request_id, at, "contacts_not_notified", None, Some(json!({"reason": why})))
+    event(
+        c,
+        request_id,
+        at,
+        "contacts_not_notified",
+        None,
+        Some(json!({"reason": why})),
+    )
 }
 
 /// The notification webhook's body: who to tell, what about, and a message ready to send.
@@ -224,7 +271,10 @@ fn notify_body(
     let message = format!(
         "{} ({}) pressed the {} button at {}; {why}. Request {request_id}.",
         resident.name,
-        resident.address.as_deref().unwrap_or("address not on record"),
+        resident
+            .address
+            .as_deref()
+            .unwrap_or("address not on record"),
         about.service,
         rfc3339_ms(about.created_at),
     );
@@ -265,15 +315,33 @@ pub fn pending(c: &Connection) -> Result<Vec<Followup>, StoreError> {
         let kind = match kind.as_str() {
             "cancel" => Kind::Cancel,
             "notify" => Kind::Notify,
-            other => return Err(StoreError::Corrupt(format!("follow-up {key} has kind {other:?}"))),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "follow-up {key} has kind {other:?}"
+                )))
+            }
         };
-        out.push(Followup { key, target, request_id, kind, body, attempts, created_at });
+        out.push(Followup {
+            key,
+            target,
+            request_id,
+            kind,
+            body,
+            attempts,
+            created_at,
+        });
     }
     Ok(out)
 }
 
 /// One attempt was made (its number), whatever its result.
-pub(crate) fn attempted(c: &Connection, key: &str, target: &str, attempt: u32, at: i64) -> Result<(), StoreError> {
+pub(crate) fn attempted(
+    c: &Connection,
+    key: &str,
+    target: &str,
+    attempt: u32,
+    at: i64,
+) -> Result<(), StoreError> {
     c.prepare_cached(
         "UPDATE followups SET attempts = max(attempts, ?3), updated_at = ?4 WHERE idempotency_key = ?1 AND target = ?2",
     )?
@@ -282,7 +350,12 @@ pub(crate) fn attempted(c: &Connection, key: &str, target: &str, attempt: u32, a
 }
 
 /// The follow-up is over: mark it and write its outcome into the request's history.
-pub(crate) fn finished(c: &Connection, f: &Followup, ending: Ending, at: i64) -> Result<(), StoreError> {
+pub(crate) fn finished(
+    c: &Connection,
+    f: &Followup,
+    ending: Ending,
+    at: i64,
+) -> Result<(), StoreError> {
     let state = match ending {
         Ending::Delivered | Ending::Unknown => "done",
         Ending::Refused(_) | Ending::Expired | Ending::Unconfigured => "failed",
@@ -301,16 +374,30 @@ pub(crate) fn finished(c: &Connection, f: &Followup, ending: Ending, at: i64) ->
     };
     let (kind, detail) = match f.kind {
         Kind::Cancel => {
-            let kind = if state == "done" { "backend_cancelled" } else { "backend_cancel_failed" };
-            (kind, json!({"backend": f.target, "result": ending.label(), "status": status, "attempts": f.attempts}))
+            let kind = if state == "done" {
+                "backend_cancelled"
+            } else {
+                "backend_cancel_failed"
+            };
+            (
+                kind,
+                json!({"backend": f.target, "result": ending.label(), "status": status, "attempts": f.attempts}),
+            )
         }
         Kind::Notify => {
             let to: serde_json::Value = serde_json::from_str::<serde_json::Value>(&f.body)
                 .ok()
                 .and_then(|b| b.get("to").cloned())
                 .unwrap_or(serde_json::Value::Null);
-            let kind = if state == "done" { "contact_notified" } else { "contact_notify_failed" };
-            (kind, json!({"backend": f.target, "to": to, "result": ending.label(), "status": status}))
+            let kind = if state == "done" {
+                "contact_notified"
+            } else {
+                "contact_notify_failed"
+            };
+            (
+                kind,
+                json!({"backend": f.target, "to": to, "result": ending.label(), "status": status}),
+            )
         }
     };
     event(c, &f.request_id, at, kind, None, Some(detail))

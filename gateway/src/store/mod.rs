@@ -6,18 +6,18 @@
 //! and the [`Request`] inside goes on to dispatch.
 
 mod cancel;
-pub mod followup;
 pub mod credentials;
+pub mod followup;
 pub mod model;
 pub mod read;
 mod schema;
 pub mod stages;
 mod writer;
 
-pub use model::*;
-pub use read::{EventView, ListFilter, PressView, RequestView};
 pub use cancel::FLAGGED_REASON;
 pub use followup::{Followup, NotifyContacts};
+pub use model::*;
+pub use read::{EventView, ListFilter, PressView, RequestView};
 pub use writer::{OperatorAction, Transition};
 
 use rusqlite::Connection;
@@ -85,13 +85,25 @@ impl Store {
         std::thread::Builder::new()
             .name("yijian-checkpoint".into())
             .spawn(move || checkpoint_until(checkpoints, done))
-            .map_err(|e| StoreError::Setup(format!("cannot start the journal checkpointer: {e}")))?;
-        Ok(Store { tx, reads: Arc::new(ReadPool::new(path.to_owned())), state })
+            .map_err(|e| {
+                StoreError::Setup(format!("cannot start the journal checkpointer: {e}"))
+            })?;
+        Ok(Store {
+            tx,
+            reads: Arc::new(ReadPool::new(path.to_owned())),
+            state,
+        })
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command) -> Result<T, StoreError> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -102,7 +114,10 @@ impl Store {
         entry: PressEntry,
     ) -> Result<oneshot::Receiver<Result<PressOutcome, StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Press(entry, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Command::Press(entry, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         Ok(rx)
     }
 
@@ -121,9 +136,16 @@ impl Store {
     /// is full it is dropped rather than make intake wait (it is a measurement, not a fact the
     /// gateway acts on).
     pub fn received_sent(&self, request_id: &str, journaled_at: Option<i64>, at: i64) {
-        let cmd = Command::ReceivedSent { request_id: request_id.to_owned(), journaled_at, at };
+        let cmd = Command::ReceivedSent {
+            request_id: request_id.to_owned(),
+            journaled_at,
+            at,
+        };
         if self.tx.try_send(cmd).is_err() {
-            tracing::debug!(request_id, "received stage not recorded: the journal queue is full");
+            tracing::debug!(
+                request_id,
+                "received stage not recorded: the journal queue is full"
+            );
         }
     }
 
@@ -137,7 +159,15 @@ impl Store {
         at: i64,
     ) -> Result<Option<Notice>, StoreError> {
         let (request_id, backend) = (request_id.to_owned(), backend.to_owned());
-        self.call(|reply| Command::Dispatched { request_id, backend, reference, eta_s, at, reply }).await
+        self.call(|reply| Command::Dispatched {
+            request_id,
+            backend,
+            reference,
+            eta_s,
+            at,
+            reply,
+        })
+        .await
     }
 
     /// Hand the request to the desk, and queue its contacts' notifications as `contacts`
@@ -150,18 +180,44 @@ impl Store {
         at: i64,
     ) -> Result<Option<Notice>, StoreError> {
         let request_id = request_id.to_owned();
-        self.call(|reply| Command::Escalated { request_id, reason, contacts, at, reply }).await
+        self.call(|reply| Command::Escalated {
+            request_id,
+            reason,
+            contacts,
+            at,
+            reply,
+        })
+        .await
     }
 
     /// A follow-up attempt was made (no wait: it rides the next batch).
     pub async fn followup_attempt(&self, f: &Followup, attempt: u32, at: i64) {
         let (key, target) = (f.key.clone(), f.target.clone());
-        let _ = self.tx.send(Command::FollowupAttempt { key, target, attempt, at }).await;
+        let _ = self
+            .tx
+            .send(Command::FollowupAttempt {
+                key,
+                target,
+                attempt,
+                at,
+            })
+            .await;
     }
 
     /// A follow-up is over; its outcome goes into the request's history.
-    pub async fn followup_finished(&self, f: Followup, ending: followup::Ending, at: i64) -> Result<(), StoreError> {
-        self.call(|reply| Command::FollowupFinished { followup: f, ending, at, reply }).await
+    pub async fn followup_finished(
+        &self,
+        f: Followup,
+        ending: followup::Ending,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| Command::FollowupFinished {
+            followup: f,
+            ending,
+            at,
+            reply,
+        })
+        .await
     }
 
     /// Resolves after a commit that queued follow-ups (or at once if one happened since the
@@ -171,9 +227,20 @@ impl Store {
     }
 
     /// An operator acts on a request.
-    pub async fn operator(&self, request_id: &str, action: OperatorAction, at: i64) -> Result<Transition, StoreError> {
+    pub async fn operator(
+        &self,
+        request_id: &str,
+        action: OperatorAction,
+        at: i64,
+    ) -> Result<Transition, StoreError> {
         let request_id = request_id.to_owned();
-        self.call(|reply| Command::Operator { request_id, action, at, reply }).await
+        self.call(|reply| Command::Operator {
+            request_id,
+            action,
+            at,
+            reply,
+        })
+        .await
     }
 
     /// A backend reports progress. With `caller` set, the request must have been dispatched
@@ -188,12 +255,26 @@ impl Store {
         at: i64,
     ) -> Result<Transition, StoreError> {
         let request_id = request_id.to_owned();
-        self.call(|reply| Command::Callback { request_id, caller, state, eta_s, reference, at, reply }).await
+        self.call(|reply| Command::Callback {
+            request_id,
+            caller,
+            state,
+            eta_s,
+            reference,
+            at,
+            reply,
+        })
+        .await
     }
 
     /// Remember a device's latest status (coalesced per batch; no wait).
     pub fn status(&self, device_id: &str, online: bool, status_json: String, at: i64) {
-        let _ = self.tx.try_send(Command::Status { device_id: device_id.to_owned(), online, status_json, at });
+        let _ = self.tx.try_send(Command::Status {
+            device_id: device_id.to_owned(),
+            online,
+            status_json,
+            at,
+        });
     }
 
     /// Wait until everything queued so far is committed (or failed).
@@ -226,7 +307,10 @@ impl Store {
     }
 
     /// Run `f` on a read-only connection, on the calling thread (for short point lookups).
-    pub fn read_now<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn read_now<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.reads.with(f)
     }
 }
@@ -238,7 +322,10 @@ impl Store {
 fn checkpoint_until(conn: Connection, writer_done: std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::RecvTimeoutError;
     loop {
-        let stop = matches!(writer_done.recv_timeout(std::time::Duration::from_millis(250)), Err(RecvTimeoutError::Disconnected));
+        let stop = matches!(
+            writer_done.recv_timeout(std::time::Duration::from_millis(250)),
+            Err(RecvTimeoutError::Disconnected)
+        );
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "journal checkpoint failed; the WAL grows until one succeeds");
         }
@@ -254,7 +341,10 @@ pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Setup(format!("cannot create data directory {}: {e}", dir.display()))
+                StoreError::Setup(format!(
+                    "cannot create data directory {}: {e}",
+                    dir.display()
+                ))
             })?;
         }
     }
@@ -273,17 +363,28 @@ struct ReadPool {
 
 impl ReadPool {
     fn new(path: PathBuf) -> Self {
-        ReadPool { path, idle: Mutex::new(Vec::new()) }
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let conn = self.idle.lock().expect("read pool lock is never poisoned").pop();
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .idle
+            .lock()
+            .expect("read pool lock is never poisoned")
+            .pop();
         let conn = match conn {
             Some(c) => c,
             None => {
                 let c = Connection::open_with_flags(
                     &self.path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(5))?;
                 c.set_prepared_statement_cache_capacity(32);

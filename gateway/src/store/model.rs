@@ -84,10 +84,14 @@ impl fmt::Display for RequestState {
 impl FromStr for RequestState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        RequestState::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
-            let all: Vec<_> = RequestState::ALL.iter().map(|v| v.as_str()).collect();
-            format!("state must be one of {}", all.join("|"))
-        })
+        RequestState::ALL
+            .iter()
+            .copied()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<_> = RequestState::ALL.iter().map(|v| v.as_str()).collect();
+                format!("state must be one of {}", all.join("|"))
+            })
     }
 }
 

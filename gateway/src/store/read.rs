@@ -84,7 +84,9 @@ const REQUEST_FROM: &str =
     "FROM requests r JOIN presses p ON p.device_id = r.device_id AND p.press_id = r.press_id";
 
 fn request_view(r: &Row<'_>) -> rusqlite::Result<RequestView> {
-    let opt_time = |i: usize| -> rusqlite::Result<Option<String>> { Ok(r.get::<_, Option<i64>>(i)?.map(rfc3339_ms)) };
+    let opt_time = |i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(rfc3339_ms))
+    };
     let tags: String = r.get(3)?;
     Ok(RequestView {
         request_id: r.get(0)?,
@@ -128,7 +130,13 @@ pub fn list_requests(c: &Connection, f: &ListFilter) -> Result<Vec<RequestView>,
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(
-        params![f.state.map(|s| s.as_str()), f.service.map(|s| s.as_str()), f.device_id, f.limit, f.cancel_requested],
+        params![
+            f.state.map(|s| s.as_str()),
+            f.service.map(|s| s.as_str()),
+            f.device_id,
+            f.limit,
+            f.cancel_requested
+        ],
         request_view,
     )?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -137,7 +145,11 @@ pub fn list_requests(c: &Connection, f: &ListFilter) -> Result<Vec<RequestView>,
 /// One request with its history.
 pub fn get_request(c: &Connection, request_id: &str) -> Result<Option<RequestView>, StoreError> {
     let sql = format!("SELECT {REQUEST_COLUMNS} {REQUEST_FROM} WHERE r.request_id = ?1");
-    let Some(mut view) = c.prepare_cached(&sql)?.query_row(params![request_id], request_view).optional()? else {
+    let Some(mut view) = c
+        .prepare_cached(&sql)?
+        .query_row(params![request_id], request_view)
+        .optional()?
+    else {
         return Ok(None);
     };
     let mut stmt = c.prepare_cached(
@@ -157,7 +169,11 @@ pub fn get_request(c: &Connection, request_id: &str) -> Result<Option<RequestVie
     view.history = Some(events);
     if let Some(id) = &view.resident_id {
         let record = crate::residents::load(c, id)?;
-        view.resident = Some(record.map(|r| serde_json::to_value(r).expect("residents serialize")).unwrap_or_default());
+        view.resident = Some(
+            record
+                .map(|r| serde_json::to_value(r).expect("residents serialize"))
+                .unwrap_or_default(),
+        );
     }
     view.stages = super::stages::load(c, request_id)?.map(|t| t.stages());
     Ok(Some(view))
@@ -165,15 +181,22 @@ pub fn get_request(c: &Connection, request_id: &str) -> Result<Option<RequestVie
 
 /// Creation time of the oldest request waiting at the desk for an operator, epoch ms.
 pub fn oldest_escalated(c: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(c.prepare_cached("SELECT min(created_at) FROM requests WHERE state = 'escalated'")?
-        .query_row([], |r| r.get::<_, Option<i64>>(0))?)
+    Ok(
+        c.prepare_cached("SELECT min(created_at) FROM requests WHERE state = 'escalated'")?
+            .query_row([], |r| r.get::<_, Option<i64>>(0))?,
+    )
 }
 
 /// The backend that accepted a request, if any.
-pub fn request_backend(c: &Connection, request_id: &str) -> Result<Option<Option<String>>, StoreError> {
-    Ok(c.prepare_cached("SELECT backend FROM requests WHERE request_id = ?1")?
-        .query_row(params![request_id], |r| r.get::<_, Option<String>>(0))
-        .optional()?)
+pub fn request_backend(
+    c: &Connection,
+    request_id: &str,
+) -> Result<Option<Option<String>>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT backend FROM requests WHERE request_id = ?1")?
+            .query_row(params![request_id], |r| r.get::<_, Option<String>>(0))
+            .optional()?,
+    )
 }
 
 /// Every request still owed a dispatch, oldest first.
@@ -204,14 +227,34 @@ pub fn outbox(c: &Connection) -> Result<Vec<Request>, StoreError> {
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, service, priority, tags, device_id, resident_id, created_at, attempts, press_id, button, gesture, at, battery) = row?;
+        let (
+            id,
+            service,
+            priority,
+            tags,
+            device_id,
+            resident_id,
+            created_at,
+            attempts,
+            press_id,
+            button,
+            gesture,
+            at,
+            battery,
+        ) = row?;
         out.push(Request {
             id,
             service: service.parse::<Service>().map_err(StoreError::Corrupt)?,
             priority: priority.parse::<Priority>().map_err(StoreError::Corrupt)?,
             tags: serde_json::from_str(&tags).unwrap_or_default(),
             device_id,
-            press: Press { id: press_id, button, gesture: gesture.parse::<Gesture>().map_err(StoreError::Corrupt)?, at, battery },
+            press: Press {
+                id: press_id,
+                button,
+                gesture: gesture.parse::<Gesture>().map_err(StoreError::Corrupt)?,
+                at,
+                battery,
+            },
             resident_id,
             created_at,
             attempts,
@@ -239,14 +282,18 @@ const DEVICE_COLUMNS: &str =
 
 /// One device.
 pub fn device(c: &Connection, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
-    Ok(c.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?1"))?
-        .query_row(params![device_id], device_row)
-        .optional()?)
+    Ok(c.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?1"
+    ))?
+    .query_row(params![device_id], device_row)
+    .optional()?)
 }
 
 /// Every device, by id.
 pub fn devices(c: &Connection) -> Result<Vec<DeviceRecord>, StoreError> {
-    let mut stmt = c.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY device_id"))?;
+    let mut stmt = c.prepare(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY device_id"
+    ))?;
     let rows = stmt.query_map([], device_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
@@ -266,7 +313,9 @@ pub fn add_device(
         params![device_id, secret_sha256, profile, resident_id, at],
     )?;
     if n == 0 {
-        return Err(StoreError::Setup(format!("device {device_id} is already registered")));
+        return Err(StoreError::Setup(format!(
+            "device {device_id} is already registered"
+        )));
     }
     Ok(())
 }

@@ -101,7 +101,10 @@ impl Times {
             result: None,
             elapsed_ms: None,
         };
-        let mut v = vec![("press".to_owned(), stage(self.press)), ("intake".to_owned(), stage(self.intake))];
+        let mut v = vec![
+            ("press".to_owned(), stage(self.press)),
+            ("intake".to_owned(), stage(self.intake)),
+        ];
         let mut push = |name: &str, at: Option<i64>| {
             if let Some(at) = at {
                 v.push((name.to_owned(), stage(at)));
@@ -158,11 +161,17 @@ pub fn load(c: &Connection, request_id: &str) -> Result<Option<Times>, StoreErro
          WHERE request_id = ?1 AND kind IN ('received', 'attempt') ORDER BY seq",
     )?;
     let rows = stmt.query_map(params![request_id], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
     })?;
     for row in rows {
         let (at, kind, detail) = row?;
-        let d: serde_json::Value = detail.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or_default();
+        let d: serde_json::Value = detail
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or_default();
         match kind.as_str() {
             "received" => {
                 t.received_sent = Some(at);
@@ -192,8 +201,20 @@ mod tests {
             journaled: Some(1_004),
             received_sent: Some(1_005),
             attempts: vec![
-                AttemptTime { n: 1, at: 1_006, backend: "a".into(), result: "http_500".into(), elapsed_ms: 3 },
-                AttemptTime { n: 2, at: 1_020, backend: "b".into(), result: "accepted".into(), elapsed_ms: 4 },
+                AttemptTime {
+                    n: 1,
+                    at: 1_006,
+                    backend: "a".into(),
+                    result: "http_500".into(),
+                    elapsed_ms: 3,
+                },
+                AttemptTime {
+                    n: 2,
+                    at: 1_020,
+                    backend: "b".into(),
+                    result: "accepted".into(),
+                    elapsed_ms: 4,
+                },
             ],
             dispatched: Some(1_025),
             closed: Some((9_000, true)),
@@ -201,17 +222,40 @@ mod tests {
         };
         let s = t.stages();
         let names: Vec<_> = s.0.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["press", "intake", "journaled", "received_sent", "attempt_1", "attempt_2", "dispatched", "cancelled"]);
+        assert_eq!(
+            names,
+            [
+                "press",
+                "intake",
+                "journaled",
+                "received_sent",
+                "attempt_1",
+                "attempt_2",
+                "dispatched",
+                "cancelled"
+            ]
+        );
         assert_eq!(s.get("dispatched").unwrap().since_press_ms, 25);
         assert_eq!(s.get("press").unwrap().at, "1970-01-01T00:00:01.000Z");
         let json = serde_json::to_string(&s).unwrap();
-        assert!(json.starts_with(r#"{"press":{"at":"1970-01-01T00:00:01.000Z","since_press_ms":0},"intake""#), "{json}");
+        assert!(
+            json.starts_with(
+                r#"{"press":{"at":"1970-01-01T00:00:01.000Z","since_press_ms":0},"intake""#
+            ),
+            "{json}"
+        );
         assert!(json.contains(r#""attempt_2":{"at":"1970-01-01T00:00:01.020Z","since_press_ms":20,"backend":"b","result":"accepted","elapsed_ms":4}"#));
     }
 
     #[test]
     fn a_replayed_request_has_no_received_stage() {
-        let t = Times { press: 5, intake: 7, escalated: Some(20_007), acknowledged: Some(30_000), ..Default::default() };
+        let t = Times {
+            press: 5,
+            intake: 7,
+            escalated: Some(20_007),
+            acknowledged: Some(30_000),
+            ..Default::default()
+        };
         let names: Vec<_> = t.stages().0.into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["press", "intake", "escalated", "acknowledged"]);
     }

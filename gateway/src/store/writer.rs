@@ -130,7 +130,10 @@ enum Staged {
     Press(Reply<PressOutcome>, Result<PressOutcome, StoreError>),
     Notice(Reply<Option<Notice>>, Result<Option<Notice>, StoreError>),
     Transition(Reply<Transition>, Result<Transition, StoreError>),
-    Done(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Done(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
     Flush(oneshot::Sender<()>),
 }
 
@@ -186,7 +189,11 @@ impl Writer {
                 "SELECT service, state, count(*) FROM requests WHERE state NOT IN ('closed','cancelled') GROUP BY service, state",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             for row in rows {
                 let (service, state, n) = row?;
@@ -198,7 +205,13 @@ impl Writer {
         for ((service, state), n) in &open {
             telemetry::requests_open(service, state.as_str(), *n);
         }
-        Ok(Writer { conn, rx, max_batch, state, open })
+        Ok(Writer {
+            conn,
+            rx,
+            max_batch,
+            state,
+            open,
+        })
     }
 
     /// Run until every sender is gone.
@@ -238,43 +251,112 @@ impl Writer {
                             telemetry::store_error("attempt", &e);
                         }
                     }
-                    Command::ReceivedSent { request_id, journaled_at, at } => {
+                    Command::ReceivedSent {
+                        request_id,
+                        journaled_at,
+                        at,
+                    } => {
                         // One statement: atomic on its own, no savepoint needed.
                         let detail = json!({"journaled_at": journaled_at});
-                        if let Err(e) = event(&tx, &request_id, at, "received", None, Some(detail)) {
+                        if let Err(e) = event(&tx, &request_id, at, "received", None, Some(detail))
+                        {
                             telemetry::store_error("received", &e);
                         }
                     }
-                    Command::Dispatched { request_id, backend, reference, eta_s, at, reply } => {
+                    Command::Dispatched {
+                        request_id,
+                        backend,
+                        reference,
+                        eta_s,
+                        at,
+                        reply,
+                    } => {
                         let r = in_savepoint(&tx, |tx| {
-                            dispatched(tx, &request_id, &backend, reference.as_deref(), eta_s, at, &mut deltas)
+                            dispatched(
+                                tx,
+                                &request_id,
+                                &backend,
+                                reference.as_deref(),
+                                eta_s,
+                                at,
+                                &mut deltas,
+                            )
                         });
                         staged.push(Staged::Notice(reply, r));
                     }
-                    Command::Escalated { request_id, reason, contacts, at, reply } => {
-                        let r = in_savepoint(&tx, |tx| escalated(tx, &request_id, reason, &contacts, at, &mut deltas));
+                    Command::Escalated {
+                        request_id,
+                        reason,
+                        contacts,
+                        at,
+                        reply,
+                    } => {
+                        let r = in_savepoint(&tx, |tx| {
+                            escalated(tx, &request_id, reason, &contacts, at, &mut deltas)
+                        });
                         staged.push(Staged::Notice(reply, r));
                     }
-                    Command::FollowupAttempt { key, target, attempt, at } => {
-                        if let Err(e) = in_savepoint(&tx, |tx| followup::attempted(tx, &key, &target, attempt, at)) {
+                    Command::FollowupAttempt {
+                        key,
+                        target,
+                        attempt,
+                        at,
+                    } => {
+                        if let Err(e) = in_savepoint(&tx, |tx| {
+                            followup::attempted(tx, &key, &target, attempt, at)
+                        }) {
                             telemetry::store_error("followup_attempt", &e);
                         }
                     }
-                    Command::FollowupFinished { followup: f, ending, at, reply } => {
+                    Command::FollowupFinished {
+                        followup: f,
+                        ending,
+                        at,
+                        reply,
+                    } => {
                         let r = in_savepoint(&tx, |tx| followup::finished(tx, &f, ending, at));
                         staged.push(Staged::Done(reply, r));
                     }
-                    Command::Operator { request_id, action, at, reply } => {
-                        let r = in_savepoint(&tx, |tx| operator(tx, &request_id, action, at, &mut deltas));
-                        staged.push(Staged::Transition(reply, r));
-                    }
-                    Command::Callback { request_id, caller, state, eta_s, reference, at, reply } => {
+                    Command::Operator {
+                        request_id,
+                        action,
+                        at,
+                        reply,
+                    } => {
                         let r = in_savepoint(&tx, |tx| {
-                            callback(tx, &request_id, caller.as_deref(), state, eta_s, reference.as_deref(), at, &mut deltas)
+                            operator(tx, &request_id, action, at, &mut deltas)
                         });
                         staged.push(Staged::Transition(reply, r));
                     }
-                    Command::Status { device_id, online, status_json, at } => {
+                    Command::Callback {
+                        request_id,
+                        caller,
+                        state,
+                        eta_s,
+                        reference,
+                        at,
+                        reply,
+                    } => {
+                        let r = in_savepoint(&tx, |tx| {
+                            callback(
+                                tx,
+                                &request_id,
+                                caller.as_deref(),
+                                state,
+                                eta_s,
+                                reference.as_deref(),
+                                at,
+                                &mut deltas,
+                            )
+                        });
+                        staged.push(Staged::Transition(reply, r));
+                    }
+                    Command::Status {
+                        device_id,
+                        online,
+                        status_json,
+                        at,
+                    } => {
                         statuses.insert(device_id, (online, status_json, at));
                     }
                     Command::Flush(reply) => staged.push(Staged::Flush(reply)),
@@ -421,7 +503,11 @@ fn press(
         return pressed_again(c, e, &rid);
     }
     match &e.action {
-        PressAction::Request { service, priority, tags } => {
+        PressAction::Request {
+            service,
+            priority,
+            tags,
+        } => {
             let request_id = request_id.expect("a request press has an id");
             c.prepare_cached(
                 "INSERT INTO requests (request_id, device_id, press_id, service, priority, tags, state, rule, resident_id, created_at, updated_at)
@@ -444,10 +530,14 @@ fn press(
                 e.intake_at,
                 "created",
                 Some(RequestState::Received),
-                Some(json!({"rule": e.rule, "press_at": p.at, "button": p.button, "gesture": p.gesture})),
+                Some(
+                    json!({"rule": e.rule, "press_at": p.at, "button": p.button, "gesture": p.gesture}),
+                ),
             )?;
-            c.prepare_cached("INSERT INTO outbox (request_id, attempts, created_at) VALUES (?1, 0, ?2)")?
-                .execute(params![request_id, e.intake_at])?;
+            c.prepare_cached(
+                "INSERT INTO outbox (request_id, attempts, created_at) VALUES (?1, 0, ?2)",
+            )?
+            .execute(params![request_id, e.intake_at])?;
             deltas.push((*service, None, Some(RequestState::Received)));
             Ok(PressOutcome::Created(Request {
                 id: request_id,
@@ -467,7 +557,11 @@ fn press(
 }
 
 /// The device's newest open request of `service` inside the attach window, if any.
-fn open_request(c: &Connection, e: &PressEntry, service: Service) -> Result<Option<String>, StoreError> {
+fn open_request(
+    c: &Connection,
+    e: &PressEntry,
+    service: Service,
+) -> Result<Option<String>, StoreError> {
     if e.attach_window_ms <= 0 {
         return Ok(None);
     }
@@ -484,9 +578,12 @@ fn open_request(c: &Connection, e: &PressEntry, service: Service) -> Result<Opti
 /// device hears the request's current state, and the backend holding it gets an update.
 fn pressed_again(c: &Connection, e: &PressEntry, rid: &str) -> Result<PressOutcome, StoreError> {
     let p = &e.press;
-    let cur = current(c, rid)?.ok_or_else(|| StoreError::Corrupt(format!("open request {rid} vanished")))?;
+    let cur = current(c, rid)?
+        .ok_or_else(|| StoreError::Corrupt(format!("open request {rid} vanished")))?;
     let earlier: u32 = c
-        .prepare_cached("SELECT count(*) FROM request_events WHERE request_id = ?1 AND kind = 'pressed_again'")?
+        .prepare_cached(
+            "SELECT count(*) FROM request_events WHERE request_id = ?1 AND kind = 'pressed_again'",
+        )?
         .query_row(params![rid], |r| r.get(0))?;
     let count = earlier + 2;
     event(
@@ -495,7 +592,9 @@ fn pressed_again(c: &Connection, e: &PressEntry, rid: &str) -> Result<PressOutco
         e.intake_at,
         "pressed_again",
         None,
-        Some(json!({"press": p.id, "button": p.button, "gesture": p.gesture, "press_at": p.at, "count": count, "rule": e.rule})),
+        Some(
+            json!({"press": p.id, "button": p.button, "gesture": p.gesture, "press_at": p.at, "count": count, "rule": e.rule}),
+        ),
     )?;
     let mut notice = cur.notice(rid, cur.state);
     notice.press_id = p.id.clone();
@@ -550,11 +649,21 @@ fn duplicate(c: &Connection, device_id: &str, press_id: &str) -> Result<Notice, 
     if let ("cancel_flagged", Some(rid)) = (outcome.as_str(), &request_id) {
         return super::cancel::flagged_again(c, device_id, press_id, rid);
     }
-    let service = service.map(|s| s.parse::<Service>()).transpose().map_err(StoreError::Corrupt)?;
+    let service = service
+        .map(|s| s.parse::<Service>())
+        .transpose()
+        .map_err(StoreError::Corrupt)?;
     let state = match (outcome.as_str(), state) {
         ("cancel", _) => FeedbackState::Cancelled,
-        (_, Some(s)) => s.parse::<RequestState>().map_err(StoreError::Corrupt)?.feedback(),
-        (_, None) => return Err(StoreError::Corrupt(format!("press {press_id} has no request"))),
+        (_, Some(s)) => s
+            .parse::<RequestState>()
+            .map_err(StoreError::Corrupt)?
+            .feedback(),
+        (_, None) => {
+            return Err(StoreError::Corrupt(format!(
+                "press {press_id} has no request"
+            )))
+        }
     };
     Ok(Notice {
         device_id: device_id.to_owned(),
@@ -575,7 +684,9 @@ fn attempt(c: &Connection, a: &AttemptRecord) -> Result<(), StoreError> {
         a.started_at,
         "attempt",
         None,
-        Some(json!({"backend": a.backend, "attempt": a.attempt, "result": a.result, "elapsed_ms": a.elapsed_ms})),
+        Some(
+            json!({"backend": a.backend, "attempt": a.attempt, "result": a.result, "elapsed_ms": a.elapsed_ms}),
+        ),
     )?;
     c.prepare_cached("UPDATE outbox SET attempts = max(attempts, ?2) WHERE request_id = ?1")?
         .execute(params![a.request_id, a.attempt])?;
@@ -613,7 +724,8 @@ fn current(c: &Connection, request_id: &str) -> Result<Option<Current>, StoreErr
             ))
         })
         .optional()?;
-    let Some((device_id, press_id, service, state, created_at, reference, eta_s, backend)) = row else {
+    let Some((device_id, press_id, service, state, created_at, reference, eta_s, backend)) = row
+    else {
         return Ok(None);
     };
     Ok(Some(Current {
@@ -643,13 +755,20 @@ impl Current {
     }
 }
 
-fn set_state(c: &Connection, request_id: &str, state: RequestState, at: i64, stamp: Option<&str>) -> Result<(), StoreError> {
+fn set_state(
+    c: &Connection,
+    request_id: &str,
+    state: RequestState,
+    at: i64,
+    stamp: Option<&str>,
+) -> Result<(), StoreError> {
     let sql = match stamp {
         // `stamp` is one of our own column names, never input.
         Some(col) => format!("UPDATE requests SET state = ?2, updated_at = ?3, {col} = coalesce({col}, ?3) WHERE request_id = ?1"),
         None => "UPDATE requests SET state = ?2, updated_at = ?3 WHERE request_id = ?1".to_owned(),
     };
-    c.prepare_cached(&sql)?.execute(params![request_id, state.as_str(), at])?;
+    c.prepare_cached(&sql)?
+        .execute(params![request_id, state.as_str(), at])?;
     Ok(())
 }
 
@@ -662,12 +781,22 @@ fn dispatched(
     at: i64,
     deltas: &mut Vec<(Service, Option<RequestState>, Option<RequestState>)>,
 ) -> Result<Option<Notice>, StoreError> {
-    let Some(mut cur) = current(c, request_id)? else { return Ok(None) };
-    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?.execute(params![request_id])?;
+    let Some(mut cur) = current(c, request_id)? else {
+        return Ok(None);
+    };
+    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?
+        .execute(params![request_id])?;
     if cur.state != RequestState::Received {
         // Cancelled or closed while an attempt was in flight, and the backend took it after
         // all: a cancelled request is called off there too.
-        event(c, request_id, at, "dispatched_late", None, Some(json!({"backend": backend, "ref": reference})))?;
+        event(
+            c,
+            request_id,
+            at,
+            "dispatched_late",
+            None,
+            Some(json!({"backend": backend, "ref": reference})),
+        )?;
         if cur.state == RequestState::Cancelled {
             let by: Option<String> = c
                 .prepare_cached(
@@ -677,7 +806,13 @@ fn dispatched(
                 .query_row(params![request_id], |r| r.get(0))
                 .optional()?
                 .flatten();
-            followup::queue_cancel(c, request_id, backend, by.as_deref().unwrap_or("resident"), at)?;
+            followup::queue_cancel(
+                c,
+                request_id,
+                backend,
+                by.as_deref().unwrap_or("resident"),
+                at,
+            )?;
         }
         return Ok(None);
     }
@@ -708,8 +843,11 @@ fn escalated(
     at: i64,
     deltas: &mut Vec<(Service, Option<RequestState>, Option<RequestState>)>,
 ) -> Result<Option<Notice>, StoreError> {
-    let Some(cur) = current(c, request_id)? else { return Ok(None) };
-    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?.execute(params![request_id])?;
+    let Some(cur) = current(c, request_id)? else {
+        return Ok(None);
+    };
+    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?
+        .execute(params![request_id])?;
     if cur.state != RequestState::Received {
         return Ok(None);
     }
@@ -717,7 +855,14 @@ fn escalated(
         "UPDATE requests SET state = 'escalated', backend = 'desk', updated_at = ?2, escalated_at = ?2 WHERE request_id = ?1",
     )?
     .execute(params![request_id, at])?;
-    event(c, request_id, at, "escalated", Some(RequestState::Escalated), Some(json!({"reason": reason})))?;
+    event(
+        c,
+        request_id,
+        at,
+        "escalated",
+        Some(RequestState::Escalated),
+        Some(json!({"reason": reason})),
+    )?;
     followup::queue_contacts(c, request_id, reason, contacts, at)?;
     deltas.push((cur.service, Some(cur.state), Some(RequestState::Escalated)));
     Ok(Some(cur.notice(request_id, RequestState::Escalated)))
@@ -730,24 +875,42 @@ fn operator(
     at: i64,
     deltas: &mut Vec<(Service, Option<RequestState>, Option<RequestState>)>,
 ) -> Result<Transition, StoreError> {
-    let Some(cur) = current(c, request_id)? else { return Ok(Transition::NotFound) };
+    let Some(cur) = current(c, request_id)? else {
+        return Ok(Transition::NotFound);
+    };
     let (to, stamp, kind) = match action {
         OperatorAction::Ack if cur.state == RequestState::Escalated => {
             (RequestState::Acknowledged, "acked_at", "acknowledged")
         }
-        OperatorAction::Close if cur.state.is_open() => (RequestState::Closed, "closed_at", "closed"),
-        OperatorAction::Cancel if cur.state.is_open() => (RequestState::Cancelled, "closed_at", "cancelled"),
+        OperatorAction::Close if cur.state.is_open() => {
+            (RequestState::Closed, "closed_at", "closed")
+        }
+        OperatorAction::Cancel if cur.state.is_open() => {
+            (RequestState::Cancelled, "closed_at", "cancelled")
+        }
         _ => return Ok(Transition::Conflict(cur.state)),
     };
     set_state(c, request_id, to, at, Some(stamp))?;
-    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?.execute(params![request_id])?;
-    event(c, request_id, at, kind, Some(to), Some(json!({"by": "operator", "was": cur.state.as_str()})))?;
+    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?
+        .execute(params![request_id])?;
+    event(
+        c,
+        request_id,
+        at,
+        kind,
+        Some(to),
+        Some(json!({"by": "operator", "was": cur.state.as_str()})),
+    )?;
     if action == OperatorAction::Cancel {
         let backend = super::cancel::backend_of(c, request_id)?;
         super::cancel::tell_backend(c, request_id, cur.state, backend.as_deref(), "operator", at)?;
     }
     deltas.push((cur.service, Some(cur.state), Some(to)));
-    Ok(Transition::Applied { notice: cur.notice(request_id, to), from: cur.state, created_at: cur.created_at })
+    Ok(Transition::Applied {
+        notice: cur.notice(request_id, to),
+        from: cur.state,
+        created_at: cur.created_at,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -761,7 +924,9 @@ fn callback(
     at: i64,
     deltas: &mut Vec<(Service, Option<RequestState>, Option<RequestState>)>,
 ) -> Result<Transition, StoreError> {
-    let Some(mut cur) = current(c, request_id)? else { return Ok(Transition::NotFound) };
+    let Some(mut cur) = current(c, request_id)? else {
+        return Ok(Transition::NotFound);
+    };
     // Only the backend that accepted the request may report on it. Before any backend has it
     // (`received`) the state check below answers with a conflict.
     if let (Some(caller), Some(owner)) = (caller, cur.backend.as_deref()) {
@@ -774,12 +939,19 @@ fn callback(
         RequestState::Dispatched | RequestState::EnRoute | RequestState::Arrived
     ) && matches!(
         to,
-        RequestState::EnRoute | RequestState::Arrived | RequestState::Closed | RequestState::Cancelled
+        RequestState::EnRoute
+            | RequestState::Arrived
+            | RequestState::Closed
+            | RequestState::Cancelled
     );
     if !allowed {
         return Ok(Transition::Conflict(cur.state));
     }
-    let stamp = if to.is_open() { None } else { Some("closed_at") };
+    let stamp = if to.is_open() {
+        None
+    } else {
+        Some("closed_at")
+    };
     set_state(c, request_id, to, at, stamp)?;
     if eta_s.is_some() || reference.is_some() {
         c.prepare_cached(
@@ -787,7 +959,14 @@ fn callback(
         )?
         .execute(params![request_id, eta_s, reference])?;
     }
-    event(c, request_id, at, "callback", Some(to), Some(json!({"eta_s": eta_s, "ref": reference})))?;
+    event(
+        c,
+        request_id,
+        at,
+        "callback",
+        Some(to),
+        Some(json!({"eta_s": eta_s, "ref": reference})),
+    )?;
     if to != cur.state {
         deltas.push((cur.service, Some(cur.state), Some(to)));
     }
@@ -797,5 +976,9 @@ fn callback(
     if let Some(r) = reference {
         cur.reference = Some(r.to_owned());
     }
-    Ok(Transition::Applied { notice: cur.notice(request_id, to), from: cur.state, created_at: cur.created_at })
+    Ok(Transition::Applied {
+        notice: cur.notice(request_id, to),
+        from: cur.state,
+        created_at: cur.created_at,
+    })
 }

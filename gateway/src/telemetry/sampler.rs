@@ -33,7 +33,9 @@ pub fn start(store: Store, shutdown: CancellationToken) -> JoinHandle<()> {
 
 /// Seconds the oldest escalated request (created at `oldest_ms`) has waited by `now`.
 fn waiting_secs(oldest_ms: Option<i64>, now: i64) -> f64 {
-    oldest_ms.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0)
+    oldest_ms
+        .map(|t| (now - t).max(0) as f64 / 1000.0)
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

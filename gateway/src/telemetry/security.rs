@@ -15,10 +15,22 @@ pub const API_AUTH_TOTAL: &str = "yijian_api_auth_total";
 
 pub(super) fn describe() {
     use metrics::describe_counter as c;
-    c!(DEVICES_FLOOD_DISCONNECTS_TOTAL, Unit::Count, "Device MQTT connections closed for exceeding the message rate limit.");
+    c!(
+        DEVICES_FLOOD_DISCONNECTS_TOTAL,
+        Unit::Count,
+        "Device MQTT connections closed for exceeding the message rate limit."
+    );
     c!(DEVICES_EVICTIONS_TOTAL, Unit::Count, "Live device connections dropped after the device was revoked or its secret rotated, by change.");
-    c!(BACKEND_UPDATES_TOTAL, Unit::Count, "Pressed-again updates sent to the backend holding a request, by backend and result.");
-    c!(API_AUTH_TOTAL, Unit::Count, "HTTP API authorisation decisions, by result (ok, missing, invalid, forbidden).");
+    c!(
+        BACKEND_UPDATES_TOTAL,
+        Unit::Count,
+        "Pressed-again updates sent to the backend holding a request, by backend and result."
+    );
+    c!(
+        API_AUTH_TOTAL,
+        Unit::Count,
+        "HTTP API authorisation decisions, by result (ok, missing, invalid, forbidden)."
+    );
     counter!(DEVICES_FLOOD_DISCONNECTS_TOTAL).absolute(0);
     for r in ["ok", "missing", "invalid", "forbidden"] {
         counter!(API_AUTH_TOTAL, "result" => r).absolute(0);
@@ -29,19 +41,31 @@ pub(super) fn describe() {
 /// stuck button or a hostile device.
 pub fn flood_disconnect(client_id: &str) {
     counter!(DEVICES_FLOOD_DISCONNECTS_TOTAL).increment(1);
-    tracing::warn!(client_id, "MQTT connection closed: message rate limit exceeded");
+    tracing::warn!(
+        client_id,
+        "MQTT connection closed: message rate limit exceeded"
+    );
 }
 
 /// A device's live connection was dropped after a credential change.
 pub fn eviction(change: &str, device_id: &str) {
-    let change = if change == crate::store::credentials::REVOKED { "revoked" } else { "rotated" };
+    let change = if change == crate::store::credentials::REVOKED {
+        "revoked"
+    } else {
+        "rotated"
+    };
     counter!(DEVICES_EVICTIONS_TOTAL, "change" => change).increment(1);
-    tracing::info!(device_id, change, "device connection dropped after a credential change");
+    tracing::info!(
+        device_id,
+        change,
+        "device connection dropped after a credential change"
+    );
 }
 
 /// A pressed-again update ended (`accepted`, `refused`, `failed`, `unknown_backend`).
 pub fn backend_update(backend: &str, result: &'static str) {
-    counter!(BACKEND_UPDATES_TOTAL, "backend" => backend.to_owned(), "result" => result).increment(1);
+    counter!(BACKEND_UPDATES_TOTAL, "backend" => backend.to_owned(), "result" => result)
+        .increment(1);
 }
 
 /// An API request was authorised or refused. Refusals are logged at debug (a scanner could

@@ -12,7 +12,12 @@ use yijian_wire::Service;
 /// Log the summary. Called once every stage is up, so `ready` means ready.
 pub fn log(config: &Config, http: SocketAddr, rules: &str) {
     let http_url = format!("http://{http}");
-    let mqtt_tls = config.mqtt.tls.as_ref().map(|t| t.listen.to_string()).unwrap_or_else(|| "off".into());
+    let mqtt_tls = config
+        .mqtt
+        .tls
+        .as_ref()
+        .map(|t| t.listen.to_string())
+        .unwrap_or_else(|| "off".into());
     tracing::info!(mqtt = %config.mqtt.listen, mqtt_tls = %mqtt_tls, http = %http_url, metrics = %format!("{http_url}/metrics"), "listening");
     tracing::info!(
         data_dir = %config.store.data_dir.display(),
@@ -31,10 +36,17 @@ pub fn log(config: &Config, http: SocketAddr, rules: &str) {
         );
     }
     for (name, b) in &config.backends {
-        let token = b.token_env.as_deref().map(|v| format!("${v}")).unwrap_or_else(|| "none".to_owned());
+        let token = b
+            .token_env
+            .as_deref()
+            .map(|v| format!("${v}"))
+            .unwrap_or_else(|| "none".to_owned());
         tracing::info!(backend = %name, url = %redact(&b.url), token = %token, "backend");
     }
-    tracing::info!(backend = DESK, "backend: the built-in operator queue (GET /api/v1/requests?state=escalated)");
+    tracing::info!(
+        backend = DESK,
+        "backend: the built-in operator queue (GET /api/v1/requests?state=escalated)"
+    );
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "yijian gateway ready");
 }
 
@@ -67,9 +79,18 @@ mod tests {
 
     #[test]
     fn credentials_and_queries_are_not_printed() {
-        assert_eq!(redact("https://rescue.example.org/api/requests"), "https://rescue.example.org/api/requests");
-        assert_eq!(redact("http://127.0.0.1:9100/taxi"), "http://127.0.0.1:9100/taxi");
-        assert_eq!(redact("https://bob:s3cret@h.example:8443/p?api_key=k"), "https://***@h.example:8443/p?***");
+        assert_eq!(
+            redact("https://rescue.example.org/api/requests"),
+            "https://rescue.example.org/api/requests"
+        );
+        assert_eq!(
+            redact("http://127.0.0.1:9100/taxi"),
+            "http://127.0.0.1:9100/taxi"
+        );
+        assert_eq!(
+            redact("https://bob:s3cret@h.example:8443/p?api_key=k"),
+            "https://***@h.example:8443/p?***"
+        );
         assert_eq!(redact("not a url"), "(invalid URL)");
     }
 }

@@ -34,31 +34,51 @@ impl Metrics {
     /// Parse the Prometheus text exposition format (the subset the exporter writes).
     pub fn parse(text: &str) -> Metrics {
         let mut m = Metrics::default();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let (series, value) = match line.rsplit_once(' ') {
                 Some(p) => p,
                 None => continue,
             };
-            let Ok(value) = value.parse::<f64>() else { continue };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
                 None => (series, BTreeMap::new()),
             };
-            m.0.entry(name.to_owned()).or_default().push((labels, value));
+            m.0.entry(name.to_owned())
+                .or_default()
+                .push((labels, value));
         }
         m
     }
 
     /// The sample of `name` with exactly `labels`; 0 when absent (a counter never touched).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.0.get(name).and_then(|s| s.iter().find(|(l, _)| *l == want)).map(|(_, v)| *v).unwrap_or(0.0)
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.0
+            .get(name)
+            .and_then(|s| s.iter().find(|(l, _)| *l == want))
+            .map(|(_, v)| *v)
+            .unwrap_or(0.0)
     }
 
     /// Whether a sample of `name` with exactly `labels` is present at all.
     pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
-        let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.0.get(name).is_some_and(|s| s.iter().any(|(l, _)| *l == want))
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.0
+            .get(name)
+            .is_some_and(|s| s.iter().any(|(l, _)| *l == want))
     }
 
     /// `after − self` for one sample.
@@ -98,7 +118,11 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 }
 
 /// Poll `/metrics` until `probe` holds for a scrape (or fail after [`WAIT`] naming `what`).
-pub async fn metrics_until(gw: &TestGateway, what: &str, probe: impl Fn(&Metrics) -> bool) -> Result<Metrics> {
+pub async fn metrics_until(
+    gw: &TestGateway,
+    what: &str,
+    probe: impl Fn(&Metrics) -> bool,
+) -> Result<Metrics> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let m = Metrics::scrape(gw).await?;
@@ -114,7 +138,12 @@ pub async fn metrics_until(gw: &TestGateway, what: &str, probe: impl Fn(&Metrics
 
 /// A bare MQTT client authenticated as device `id`: no retransmission, no reconnect, clean
 /// session, and packets up to `max_packet` bytes — what a broken device might do.
-pub async fn raw_device(gw: &TestGateway, id: &str, secret: &str, max_packet: usize) -> Result<(AsyncClient, EventLoop)> {
+pub async fn raw_device(
+    gw: &TestGateway,
+    id: &str,
+    secret: &str,
+    max_packet: usize,
+) -> Result<(AsyncClient, EventLoop)> {
     let mut o = MqttOptions::new(id, gw.mqtt.ip().to_string(), gw.mqtt.port());
     o.set_credentials(id, secret);
     o.set_clean_session(true);
@@ -142,8 +171,12 @@ pub async fn wait_closed(events: &mut EventLoop) -> Result<String> {
     tokio::time::timeout(WAIT, async {
         loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => return Err(anyhow!("the broker acknowledged the publish")),
-                Ok(Event::Incoming(Packet::SubAck(_))) => return Err(anyhow!("the broker acknowledged the subscribe")),
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    return Err(anyhow!("the broker acknowledged the publish"))
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    return Err(anyhow!("the broker acknowledged the subscribe"))
+                }
                 Ok(_) => {}
                 Err(e) => return Ok(e.to_string()),
             }
@@ -163,7 +196,10 @@ pub async fn http(
     body: Vec<u8>,
 ) -> Result<(u16, String, String)> {
     let method = reqwest::Method::from_bytes(method.as_bytes())?;
-    let mut rb = gw.http.request(method, format!("{}{}", gw.base, path)).body(body);
+    let mut rb = gw
+        .http
+        .request(method, format!("{}{}", gw.base, path))
+        .body(body);
     if let Some(t) = token {
         rb = rb.bearer_auth(t);
     }
@@ -172,12 +208,19 @@ pub async fn http(
     }
     let r = rb.send().await?;
     let status = r.status().as_u16();
-    let ct = r.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let ct = r
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     Ok((status, ct, r.text().await?))
 }
 
 /// Epoch milliseconds of an RFC 3339 timestamp as the API writes them.
 pub fn epoch_ms(rfc3339: &str) -> Result<i64> {
-    let ts: jiff::Timestamp = rfc3339.parse().with_context(|| format!("timestamp {rfc3339:?}"))?;
+    let ts: jiff::Timestamp = rfc3339
+        .parse()
+        .with_context(|| format!("timestamp {rfc3339:?}"))?;
     Ok(ts.as_millisecond())
 }
