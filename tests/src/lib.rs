@@ -319,3 +319,42 @@ pub async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Capture every log line of this test binary in memory, in `format` (installed once per
+/// process, before any gateway starts; the first caller's format wins). Returns the buffer.
+pub fn capture_logs(
+    format: yijian_gateway::telemetry::LogFormat,
+) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        // rumqttd at info too: its own lines must not leak a password either.
+        yijian_gateway::telemetry::init_logging_with(format, "info", false, move || {
+            LogCapture(sink.clone())
+        });
+        buf
+    })
+    .clone()
+}
+
+/// What [`capture_logs`] has collected so far, as text.
+pub fn captured_log_text() -> String {
+    capture_logs(yijian_gateway::telemetry::LogFormat::Human)
+        .lock()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use yijian_device_sim::MockBackends;
 use yijian_gateway::telemetry::{self, LogFormat};
@@ -18,35 +17,13 @@ use yijian_tests::*;
 // ---------------------------------------------------------------------------------------------
 // Helpers: captured logs, the scrape and its parts, the dashboards' files.
 
-/// Every log line of this test binary, as JSON lines (installed once, before any gateway).
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        // rumqttd at info too: its own lines must not leak a password either.
-        telemetry::init_logging_with(LogFormat::Json, "info", false, move || {
-            Capture(sink.clone())
-        });
-        buf
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Every log line of this test binary (installed once, before any gateway starts).
+fn logs() {
+    capture_logs(LogFormat::Json);
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned()
+    captured_log_text()
 }
 
 async fn scrape(gw: &TestGateway) -> Result<String> {

@@ -9,43 +9,21 @@ mod common;
 
 use anyhow::{ensure, Context, Result};
 use common::*;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use yijian_device_sim::{DeviceConfig, MockBackends, SimDevice};
-use yijian_gateway::telemetry::{self, LogFormat};
+use yijian_gateway::telemetry::LogFormat;
 use yijian_tests::*;
 
 const PRESS_RECEIVED: &str = "yijian_press_received_total";
 const STORE_ERRORS: &str = "yijian_store_errors_total";
 
-/// Every log line of this test binary (installed once, before the gateway starts).
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        telemetry::init_logging_with(LogFormat::Human, "info", false, move || {
-            Capture(sink.clone())
-        });
-        buf
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Every log line of this test binary (installed once, before any gateway starts).
+fn logs() {
+    capture_logs(LogFormat::Human);
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned()
+    captured_log_text()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
