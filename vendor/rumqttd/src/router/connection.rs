@@ -1,3 +1,4 @@
+use bytes::Bytes;
 use slab::Slab;
 
 use crate::protocol::LastWillProperties;
@@ -82,8 +83,22 @@ impl Connection {
         will: Option<LastWill>,
         props: Option<LastWillProperties>,
     ) -> &mut Connection {
-        self.last_will = will;
-        self.last_will_properties = props;
+        // Yijian patch 10: as parsed, a will's topic and message (and v5 correlation data) are
+        // `Bytes` slices of the connection's first read buffer, and the will lives as long as
+        // the connection: it pinned that buffer, so once a device had sent ~10 KB the link
+        // allocated a second one, and 10,000 long-lived connections grew by a read buffer
+        // each over a 30-minute soak. Copies of a few dozen bytes free the buffer for reuse.
+        self.last_will = will.map(|mut will| {
+            will.topic = Bytes::copy_from_slice(&will.topic);
+            will.message = Bytes::copy_from_slice(&will.message);
+            will
+        });
+        self.last_will_properties = props.map(|mut props| {
+            props.correlation_data = props
+                .correlation_data
+                .map(|data| Bytes::copy_from_slice(&data));
+            props
+        });
         self
     }
 }
