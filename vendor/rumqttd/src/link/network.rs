@@ -75,7 +75,7 @@ impl<P: Protocol> Network<P> {
     async fn read_bytes(&mut self, required: usize) -> io::Result<usize> {
         // TODO: Fix this cancellation bug and write unit test
         let mut total_read = 0;
-        // Yijian patch 10: every frame is split off the front of `read`, so without this the
+        // YIJIAN PATCH (10): every frame is split off the front of `read`, so without this the
         // read position walks through the whole 10 KB allocation before it wraps, touching a
         // new page every few kilobytes a device sends, and 10,000 mostly idle connections
         // slowly made all of their buffers resident. When everything read so far has been

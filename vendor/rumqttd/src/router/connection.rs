@@ -83,7 +83,7 @@ impl Connection {
         will: Option<LastWill>,
         props: Option<LastWillProperties>,
     ) -> &mut Connection {
-        // Yijian patch 10: as parsed, a will's topic and message (and v5 correlation data) are
+        // YIJIAN PATCH (10): as parsed, a will's topic and message (and v5 correlation data) are
         // `Bytes` slices of the connection's first read buffer, and the will lives as long as
         // the connection: it pinned that buffer, so once a device had sent ~10 KB the link
         // allocated a second one, and 10,000 long-lived connections grew by a read buffer

@@ -166,7 +166,7 @@ impl Outgoing {
     // Return: Out of order or unsolicited acks
     pub fn register_ack(&mut self, pkid: u16) -> Option<()> {
         let (head, _filter_idx, _cursor) = self.inflight_buffer.pop_front()?;
-        // Yijian patch 10: a VecDeque's ring position only moves forward, so an inflight
+        // YIJIAN PATCH (10): a VecDeque's ring position only moves forward, so an inflight
         // queue that is mostly empty still walks through (and makes resident) its whole
         // allocation over time. `clear` on an empty queue just moves it back to the start.
         if self.inflight_buffer.is_empty() {
