@@ -34,6 +34,16 @@ fn routes(c: &mut Config, mock: &MockBackends) {
     c.flood.attach_window_s = 0;
 }
 
+/// A count from the environment, or `default` when unset.
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -118,13 +128,22 @@ fn unanswered(records: &[Arc<Mutex<Record>>]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
-    const DEVICES: u32 = 30;
-    const KILL_AT: [u64; 2] = [150, 350];
-    const TOTAL: u64 = 550;
+    // CI size: 30 devices, 550 presses. `YIJIAN_CRASH_DEVICES` and `YIJIAN_CRASH_PRESSES` run
+    // the same test bigger (README, "Tests, load and benchmarks"); the kills stay at 27% and
+    // 64% of the presses.
+    let devices = env_number("YIJIAN_CRASH_DEVICES", 30)?;
+    let total = env_number("YIJIAN_CRASH_PRESSES", 550)?;
+    ensure!(
+        devices >= 1 && total >= 10,
+        "YIJIAN_CRASH_DEVICES must be ≥ 1 and YIJIAN_CRASH_PRESSES ≥ 10"
+    );
+    let (devices, kill_at) = (devices as u32, [total * 150 / 550, total * 350 / 550]);
+    // A device presses every 150-350 ms: ~4 presses/s each. Waits scale with the run.
+    let pressing = Duration::from_secs(total / (u64::from(devices) * 2).max(1));
     let started = Instant::now();
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     let mut gw = ChildGateway::new(|c| routes(c, &mock))?;
-    let creds = gw.add_devices("crash-", DEVICES, "three-button")?;
+    let creds = gw.add_devices("crash-", devices, "three-button")?;
     gw.start().await?;
 
     let progress = Arc::new(Progress {
@@ -149,7 +168,7 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
             dev,
             rec,
             progress.clone(),
-            TOTAL,
+            total,
             done.clone(),
         )));
     }
@@ -157,8 +176,8 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     // Kill the gateway twice while the presses keep coming, restarting it on the same data.
     let mut kills = Vec::new();
     let mut recorded = progress.recorded.subscribe();
-    for at in KILL_AT {
-        tokio::time::timeout(Duration::from_secs(30), recorded.wait_for(|n| *n >= at))
+    for at in kill_at {
+        tokio::time::timeout(Duration::from_secs(30) + pressing, recorded.wait_for(|n| *n >= at))
             .await
             .with_context(|| format!("the devices did not reach {at} presses"))??;
         kills.push(now_ms());
@@ -174,8 +193,8 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     // device has stopped retransmitting. So dispatch is checked at the backends and in the
     // journal; the devices keep listening meanwhile, and the count of those that heard it is
     // printed.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    tokio::time::timeout_at(deadline, recorded.wait_for(|n| *n >= TOTAL))
+    let deadline = Instant::now() + Duration::from_secs(45) + pressing;
+    tokio::time::timeout_at(deadline, recorded.wait_for(|n| *n >= total))
         .await
         .context("pressing did not finish")??;
     loop {
@@ -278,8 +297,8 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
         }
     }
     ensure!(
-        sent_presses.len() as u64 == TOTAL,
-        "{} presses sent, not {TOTAL}",
+        sent_presses.len() as u64 == total,
+        "{} presses sent, not {total}",
         sent_presses.len()
     );
 
@@ -377,7 +396,7 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     eprintln!(
         "crash test: {} devices, {} presses in {:.1} s, {} kills; {} answered without `received` (lost with a kill); \
          {} heard `dispatched` on the device; {} repeated attempts at the backends ({} answered 409)",
-        DEVICES,
+        devices,
         sent_presses.len(),
         pressed_for.as_secs_f64(),
         kills.len(),
