@@ -177,9 +177,12 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     let mut kills = Vec::new();
     let mut recorded = progress.recorded.subscribe();
     for at in kill_at {
-        tokio::time::timeout(Duration::from_secs(30) + pressing, recorded.wait_for(|n| *n >= at))
-            .await
-            .with_context(|| format!("the devices did not reach {at} presses"))??;
+        tokio::time::timeout(
+            Duration::from_secs(30) + pressing,
+            recorded.wait_for(|n| *n >= at),
+        )
+        .await
+        .with_context(|| format!("the devices did not reach {at} presses"))??;
         kills.push(now_ms());
         gw.kill()?;
         gw.start().await?;
