@@ -39,6 +39,20 @@ fn token(name: &str, role: Role, backend: Option<&str>, token: &str) -> TokenCon
 pub use yijian_device_sim::{Behaviour, MockOptions};
 pub use yijian_wire::{FeedbackState, Gesture};
 
+/// A count from the environment variable `name` (a bigger run of a CI-sized test), or
+/// `default` when it is unset.
+pub fn env_count<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// A free loopback port: bound, read and released. rumqttd binds its listener itself and
 /// cannot report a port bound with port 0, so the broker gets one of these.
 pub fn free_port() -> u16 {

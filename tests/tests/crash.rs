@@ -34,16 +34,6 @@ fn routes(c: &mut Config, mock: &MockBackends) {
     c.flood.attach_window_s = 0;
 }
 
-/// A count from the environment, or `default` when unset.
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -131,8 +121,8 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     // CI size: 30 devices, 550 presses. `YIJIAN_CRASH_DEVICES` and `YIJIAN_CRASH_PRESSES` run
     // the same test bigger (README, "Tests, load and benchmarks"); the kills stay at 27% and
     // 64% of the presses.
-    let devices = env_number("YIJIAN_CRASH_DEVICES", 30)?;
-    let total = env_number("YIJIAN_CRASH_PRESSES", 550)?;
+    let devices = env_count("YIJIAN_CRASH_DEVICES", 30u64)?;
+    let total = env_count("YIJIAN_CRASH_PRESSES", 550u64)?;
     ensure!(
         devices >= 1 && total >= 10,
         "YIJIAN_CRASH_DEVICES must be ≥ 1 and YIJIAN_CRASH_PRESSES ≥ 10"

@@ -25,15 +25,6 @@ use yijian_tests::*;
 
 const DUPLICATE_CLIENT_ID: &str = "yijian_mqtt_duplicate_client_id_total";
 
-fn devices() -> Result<usize> {
-    match std::env::var("YIJIAN_STORM_DEVICES") {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("YIJIAN_STORM_DEVICES={v:?} is not a number")),
-        Err(_) => Ok(2000),
-    }
-}
-
 fn epoch_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -103,7 +94,7 @@ fn connected_since(fleet: &Fleet, connacks: u64) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_a_press(
 ) -> Result<()> {
-    let n = devices()?;
+    let n: usize = env_count("YIJIAN_STORM_DEVICES", 2000)?;
     // Generous for CI on two busy cores: measured 1.3 s for 2,000 devices, 3.5 s for 10,000.
     let reconnect_limit = Duration::from_secs(10) + Duration::from_millis(5 * n as u64);
     let mock = MockBackends::start_local(MockOptions {
