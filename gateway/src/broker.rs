@@ -336,6 +336,7 @@ pub fn start(
     flood: &FloodConfig,
     accounts: Accounts,
     tls: Option<Arc<tls::TlsHandshake>>,
+    resume: Arc<crate::feedback::resume::Resume>,
     stop: CancellationToken,
 ) -> std::io::Result<JoinHandle<()>> {
     // Commit-log limits per filter (rumqttd keeps them in memory, and counts only topic and
@@ -358,7 +359,10 @@ pub fn start(
         initialized_filters: None,
         ..Default::default()
     };
-    let router = rumqttd::Router::new(0, router_config);
+    // Every device subscription in place is reported to `resume` (rumqttd patch 11): a device
+    // that was away hears where its requests stand.
+    let router = rumqttd::Router::new(0, router_config)
+        .on_subscribe(move |client_id, filter| resume.subscribed(client_id, filter));
     let router_tx = router.spawn();
 
     let connections = |listener: Listener| {

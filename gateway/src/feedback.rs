@@ -1,5 +1,8 @@
 //! Stage 6 of the path — feedback: what the device hears back, published on
 //! `yijian/v1/devices/{id}/feedback` at QoS 1 over the gateway's own MQTT connection.
+//! [`resume`] tells a device that was away where its requests stand.
+
+pub mod resume;
 
 use crate::broker;
 use crate::clock::now_ms;

@@ -153,11 +153,13 @@ impl Gateway {
         let directory = devices::Directory::new(store.clone());
         let accounts = broker::Accounts::new(directory.clone(), &config.mqtt);
         let broker_stop = CancellationToken::new();
+        let resume = Arc::new(feedback::resume::Resume::default());
         let broker_thread = broker::start(
             &config.mqtt,
             &config.flood,
             accounts.clone(),
             tls,
+            resume.clone(),
             broker_stop.clone(),
         )
         .map_err(|e| StartError::Io(format!("cannot start the MQTT listener thread: {e}")))?;
@@ -173,6 +175,8 @@ impl Gateway {
         })
         .await?;
         ready.broker.store(true, Ordering::Release);
+        let resumes =
+            feedback::resume::start(resume, store.clone(), feedback.clone(), shutdown.clone());
 
         let (dispatch, dispatch_tasks) = dispatch::start(
             config.clone(),
@@ -301,7 +305,9 @@ impl Gateway {
             accounts,
             grace: Duration::from_millis(config.shutdown.grace_ms),
             tasks: {
-                tasks.extend([presses, statuses, replay, http_task, sampler, evictions]);
+                tasks.extend([
+                    presses, statuses, replay, http_task, sampler, evictions, resumes,
+                ]);
                 tasks
             },
             broker: Some((broker_stop, broker_thread)),

@@ -68,6 +68,9 @@ pub const MQTT_REFUSED_TOTAL: &str = "yijian_mqtt_refused_total";
 pub const FEEDBACK_SENT_TOTAL: &str = "yijian_feedback_sent_total";
 /// `{state}`: feedback messages that could not be queued for publishing.
 pub const FEEDBACK_FAILED_TOTAL: &str = "yijian_feedback_failed_total";
+/// `{state}`: feedback told again to a device when its subscription came up (after a
+/// reconnect or a gateway restart).
+pub const FEEDBACK_RESUMED_TOTAL: &str = "yijian_feedback_resumed_total";
 /// One group commit of the journal.
 pub const STORE_COMMIT_SECONDS: &str = "yijian_store_commit_seconds";
 /// Commands per group commit.
@@ -283,6 +286,11 @@ fn describe() {
         Unit::Count,
         "Feedback messages that could not be queued for publishing, by state."
     );
+    c!(
+        FEEDBACK_RESUMED_TOTAL,
+        Unit::Count,
+        "Requests' states told again to a device when its feedback subscription came up, by state."
+    );
     h!(
         STORE_COMMIT_SECONDS,
         Unit::Seconds,
@@ -352,6 +360,7 @@ fn describe() {
     for s in FeedbackState::ALL {
         counter!(FEEDBACK_SENT_TOTAL, "state" => s.as_str()).increment(0);
         counter!(FEEDBACK_FAILED_TOTAL, "state" => s.as_str()).increment(0);
+        counter!(FEEDBACK_RESUMED_TOTAL, "state" => s.as_str()).increment(0);
     }
     for r in RejectReason::ALL {
         counter!(STATUS_REJECTED_TOTAL, "reason" => r.as_str()).increment(0);
@@ -525,6 +534,11 @@ pub fn mqtt_refused(reason: &'static str, client_id: &str, topic: &str) {
 /// Feedback was published.
 pub fn feedback_sent(state: FeedbackState) {
     counter!(FEEDBACK_SENT_TOTAL, "state" => state.as_str()).increment(1);
+}
+
+/// A request's state was told again to a device whose feedback subscription came up.
+pub fn feedback_resumed(state: FeedbackState) {
+    counter!(FEEDBACK_RESUMED_TOTAL, "state" => state.as_str()).increment(1);
 }
 
 /// Feedback could not be queued (the gateway's MQTT client is gone). Logged at error: the

@@ -414,6 +414,82 @@ async fn the_outbox_is_replayed_after_a_restart() -> Result<()> {
         "attempt numbers continue after the restart: {:?}",
         got[0].attempt
     );
+    // The device, back on the new gateway's broker (which knows nothing of its session), is
+    // told: the dispatch may well have happened before it reconnected.
+    let heard = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await?;
+    assert_eq!(heard.last().unwrap().feedback.request.as_ref(), Some(&rid));
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_was_away_hears_where_its_request_stands_when_it_subscribes() -> Result<()> {
+    let mock = yijian_device_sim::MockBackends::start_local(MockOptions::default()).await?;
+    let gw = gateway_with_backends(&mock).await?;
+    let secret = gw.add_device("away-1", "one-button")?;
+    let mut dev = SimDevice::connect(DeviceConfig::new("away-1", &secret, gw.mqtt)).await?;
+    let press = dev.press("main", Gesture::Single).await?;
+    let heard = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await?;
+    let rid = heard[0].feedback.request.clone().expect("request id");
+    dev.disconnect().await;
+
+    // While the device is away (its power cut, say), the ambulance sets off.
+    let (status, v) = gw
+        .call(
+            "POST",
+            &format!("/api/v1/requests/{rid}/events"),
+            Some(&backend_token("rescue")),
+            Some(json!({"state": "en_route", "eta_s": 300})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{v}");
+    let v = gw
+        .wait_request(&rid, "en_route", |v| v["state"] == "en_route")
+        .await?;
+    assert_eq!(v["eta_s"], 300);
+
+    // It comes back with a clean session: the broker has nothing for it. Subscribing is enough
+    // for the gateway to tell it, from the journal.
+    let mut o = rumqttc::MqttOptions::new("away-1", gw.mqtt.ip().to_string(), gw.mqtt.port());
+    o.set_credentials("away-1", &secret);
+    o.set_clean_session(true);
+    let (client, mut events) = rumqttc::AsyncClient::new(o, 16);
+    client
+        .subscribe(
+            yijian_wire::topic::topic("away-1", Kind::Feedback),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await?;
+    let fb = tokio::time::timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = events.poll().await? {
+                return anyhow::Ok(serde_json::from_slice::<yijian_wire::Feedback>(&p.payload)?);
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the device heard nothing after it subscribed"))??;
+    assert_eq!(fb.press.as_deref(), Some(press.as_str()));
+    assert_eq!(fb.request.as_ref(), Some(&rid));
+    assert_eq!(fb.state, FeedbackState::EnRoute);
+    assert_eq!(fb.eta_s, Some(300));
+    let scrape = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let resumed: f64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"yijian_feedback_resumed_total{state="en_route"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(resumed >= 1.0, "resumed feedback counted: {resumed}");
     gw.stop().await;
     Ok(())
 }

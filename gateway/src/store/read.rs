@@ -319,3 +319,49 @@ pub fn add_device(
     }
     Ok(())
 }
+
+/// Where a device's recent requests stand, as the feedback it would hear now, newest first:
+/// those created since `created_since` that are still open, or that closed or were cancelled
+/// since `ended_since`; at most `limit`. What a device that was away is told again when it
+/// subscribes (`feedback::resume`).
+pub fn current_notices(
+    c: &Connection,
+    device_id: &str,
+    created_since: i64,
+    ended_since: i64,
+    limit: u32,
+) -> Result<Vec<Notice>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT request_id, press_id, service, state, backend_ref, eta_s FROM requests
+         WHERE device_id = ?1 AND created_at >= ?2
+           AND (state NOT IN ('closed', 'cancelled') OR updated_at >= ?3)
+         ORDER BY created_at DESC LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![device_id, created_since, ended_since, limit], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<u32>>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (request_id, press_id, service, state, reference, eta_s) = row?;
+        let service: Service = service.parse().map_err(StoreError::Corrupt)?;
+        let state: RequestState = state.parse().map_err(StoreError::Corrupt)?;
+        out.push(Notice {
+            device_id: device_id.to_owned(),
+            press_id,
+            request_id: Some(request_id),
+            service: Some(service),
+            state: state.feedback(),
+            reference,
+            eta_s,
+            reason: None,
+        });
+    }
+    Ok(out)
+}

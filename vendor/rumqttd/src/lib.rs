@@ -21,7 +21,10 @@ use tracing_subscriber::{
 pub use link::alerts;
 pub use link::local;
 pub use link::meters;
-pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
+// YIJIAN PATCH (11): SubscribeHook
+pub use router::{
+    Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router, SubscribeHook,
+};
 use segments::Storage;
 pub use server::{Broker, LinkType, Server};
 // YIJIAN PATCH: an embedder-supplied handshake (TLS with the embedder's own rustls), and the

@@ -102,7 +102,15 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// YIJIAN PATCH (11): told `(client_id, filter)` once a subscription is in place.
+    subscribe_hook: Option<SubscribeHook>,
 }
+
+/// YIJIAN PATCH (11): called on the router thread with `(client_id, filter)` each time a
+/// connection's subscription is in place: after a SUBSCRIBE is applied, and for every
+/// subscription a persistent session brings back on connect. Whatever is published after the
+/// call reaches that subscription. It must not block: the router waits for it.
+pub type SubscribeHook = Box<dyn Fn(&str, &str) + Send>;
 
 impl Router {
     pub fn new(router_id: RouterId, config: RouterConfig) -> Router {
@@ -143,7 +151,15 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            subscribe_hook: None,
         }
+    }
+
+    /// YIJIAN PATCH (11): set the hook told of every subscription once it is in place (see
+    /// [`SubscribeHook`]).
+    pub fn on_subscribe(mut self, hook: impl Fn(&str, &str) + Send + 'static) -> Router {
+        self.subscribe_hook = Some(Box::new(hook));
+        self
     }
 
     /// Gets handle to the router. This is not a public method to ensure that link
@@ -395,6 +411,15 @@ impl Router {
 
         self.scheduler
             .reschedule(connection_id, ScheduleReason::Init);
+
+        // YIJIAN PATCH (11): the subscriptions a persistent session brought back are in place.
+        if let (Some(hook), Some(connection)) =
+            (&self.subscribe_hook, self.connections.get(connection_id))
+        {
+            for filter in &connection.subscriptions {
+                hook(&client_id, filter);
+            }
+        }
 
         self.router_meters.total_connections += 1;
     }
@@ -691,6 +716,10 @@ impl Router {
                         // and create DataRequest, while using the same datalog of "topic"
                         // NOTE: topic & $share/group/topic will have same filteridx!
                         self.prepare_filter(id, cursor, idx, f, group, subscription_id);
+                        // YIJIAN PATCH (11): the subscription is in place.
+                        if let Some(hook) = &self.subscribe_hook {
+                            hook(&self.connections[id].client_id, &f.path);
+                        }
 
                         let code = match f.qos {
                             QoS::AtMostOnce => SubscribeReasonCode::QoS0,

@@ -1,0 +1,158 @@
+//! Feedback again for a device that was away, from the journal.
+//!
+//! The embedded broker keeps nothing across a gateway restart, and even a live persistent
+//! session keeps only the last few feedback messages (broker.rs sizes each device's log). A
+//! `dispatched` published while a device was gone is then never heard: the device had its
+//! `received`, so it no longer retransmits the press, and the resident is never told that help
+//! is coming. So each time a device's subscription to its `feedback` topic is in place — on
+//! every connect, as DESIGN §2 asks devices to subscribe — the gateway tells it where each of
+//! its recent requests stands ([`MAX_AGE_MS`], [`ENDED_WITHIN_MS`], [`LIMIT`]).
+//!
+//! NOTE: rumqttd tells us on its router thread, right after the subscription is in place
+//! (patch 11), so whatever the gateway publishes after that reaches the device. A dispatch
+//! outcome is journaled before its feedback is published, so a `dispatched` that fell before
+//! the subscription is in the journal by the time it is read here. Hearing a state twice is
+//! harmless to a device; missing one is not.
+
+use super::FeedbackSender;
+use crate::clock::now_ms;
+use crate::store::{read, Store};
+use crate::telemetry;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use yijian_wire::topic;
+
+/// Requests older than this are not told again (a day: a rescue still open after that is an
+/// operator's business, not the device's LED).
+pub const MAX_AGE_MS: i64 = 24 * 3600 * 1000;
+/// A request that closed or was cancelled this recently is told again (its device may have
+/// missed the end); earlier ones are not.
+pub const ENDED_WITHIN_MS: i64 = 15 * 60 * 1000;
+/// At most this many requests per device, newest first.
+pub const LIMIT: u32 = 8;
+/// Devices looked up per journal read: a reconnect storm of 100,000 devices costs a few hundred
+/// reads, not 100,000.
+const BATCH: usize = 256;
+
+/// Devices whose feedback subscription has just come up and who are owed their requests'
+/// states. Filled by the broker's router thread, drained by [`start`]'s task.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// A set, so a device that subscribes twice before it is served is served once, and the
+    /// backlog is bounded by the number of devices.
+    pending: Mutex<HashSet<String>>,
+    /// Wakes the task; a wake-up before it waits is kept (`Notify` stores one permit).
+    wake: Notify,
+}
+
+impl Resume {
+    /// The router's subscribe hook: `client_id` has a subscription on `filter` in place. Only a
+    /// device's own feedback topic counts (the gateway's own subscriptions are to presses and
+    /// statuses). Never blocks beyond a short lock: the router thread waits for it.
+    pub fn subscribed(&self, client_id: &str, filter: &str) {
+        match topic::parse(filter) {
+            Some((device, topic::Kind::Feedback)) if device == client_id => {}
+            _ => return,
+        }
+        self.pending
+            .lock()
+            .expect("resume lock is never poisoned")
+            .insert(client_id.to_owned());
+        self.wake.notify_one();
+    }
+
+    /// Up to `n` devices owed their states.
+    fn take(&self, n: usize) -> Vec<String> {
+        let mut pending = self.pending.lock().expect("resume lock is never poisoned");
+        let batch: Vec<String> = pending.iter().take(n).cloned().collect();
+        for d in &batch {
+            pending.remove(d);
+        }
+        batch
+    }
+}
+
+/// Serve subscribed devices until `shutdown`.
+pub fn start(
+    resume: Arc<Resume>,
+    store: Store,
+    feedback: FeedbackSender,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = resume.wake.notified() => {}
+            }
+            loop {
+                let devices = resume.take(BATCH);
+                if devices.is_empty() {
+                    break;
+                }
+                let now = now_ms();
+                let found = store
+                    .read(move |c| {
+                        let mut all = Vec::new();
+                        for d in &devices {
+                            all.extend(read::current_notices(
+                                c,
+                                d,
+                                now - MAX_AGE_MS,
+                                now - ENDED_WITHIN_MS,
+                                LIMIT,
+                            )?);
+                        }
+                        Ok(all)
+                    })
+                    .await;
+                match found {
+                    Ok(notices) => {
+                        for n in &notices {
+                            feedback.notify(n).await;
+                            telemetry::feedback_resumed(n.state);
+                        }
+                    }
+                    // Counted and logged where the journal fails; these devices are told at
+                    // their next subscription, and retransmit whatever was never answered.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "requests' states not read for devices that subscribed")
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_device_subscribing_to_its_own_feedback_is_owed_anything() {
+        let r = Resume::default();
+        r.subscribed("d1", "yijian/v1/devices/d1/feedback");
+        r.subscribed("d1", "yijian/v1/devices/d1/feedback");
+        r.subscribed("d2", "yijian/v1/devices/d1/feedback");
+        r.subscribed("d3", "yijian/v1/devices/d3/press");
+        r.subscribed("yijian-gateway", topic::PRESS_FILTER);
+        r.subscribed("d4", "yijian/v1/devices/+/feedback");
+        assert_eq!(r.take(10), vec!["d1".to_owned()]);
+        assert!(r.take(10).is_empty());
+    }
+
+    #[test]
+    fn devices_are_taken_in_batches() {
+        let r = Resume::default();
+        for i in 0..5 {
+            let d = format!("d{i}");
+            r.subscribed(&d, &topic::topic(&d, topic::Kind::Feedback));
+        }
+        assert_eq!(r.take(3).len(), 3);
+        assert_eq!(r.take(3).len(), 2);
+        assert!(r.take(3).is_empty());
+    }
+}
