@@ -76,17 +76,24 @@ stop_gateway() {
     GW_PID=""
 }
 
-# start_sampler PID CSV SECONDS: every SECONDS append elapsed_s,rss_kib,fds,threads.
+# start_sampler PID CSV SECONDS: every SECONDS append elapsed_s,rss_kib,fds,threads, then RSS
+# split into anonymous, file-backed and shared memory (/proc/PID/status), the heap SQLite holds
+# and the heap allocated and resident by the allocator's count (the gateway's
+# yijian_store_memory_bytes, yijian_heap_allocated_bytes, yijian_heap_resident_bytes; 0 when
+# /metrics does not answer), all KiB.
 start_sampler() {
     local pid="$1" csv="$2" every="$3"
-    echo "elapsed_s,rss_kib,fds,threads" > "$csv"
+    echo "elapsed_s,rss_kib,fds,threads,rss_anon_kib,rss_file_kib,rss_shmem_kib,sqlite_kib,heap_allocated_kib,heap_resident_kib" > "$csv"
     (
         t0=$(date +%s)
         while kill -0 "$pid" 2>/dev/null; do
-            rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
-            thr=$(awk '/^Threads:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+            read -r rss thr anon file shmem < <(awk '/^VmRSS:/ {r=$2} /^Threads:/ {t=$2} /^RssAnon:/ {a=$2}
+                /^RssFile:/ {f=$2} /^RssShmem:/ {s=$2} END {print r+0, t+0, a+0, f+0, s+0}' "/proc/$pid/status" 2>/dev/null)
             fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
-            echo "$(( $(date +%s) - t0 )),${rss:-0},$fds,${thr:-0}" >> "$csv"
+            read -r sqlite heap_alloc heap_res < <(curl -fsS --max-time 5 "http://127.0.0.1:$HTTP_PORT/metrics" 2>/dev/null |
+                awk '/^yijian_store_memory_bytes / {q=$2} /^yijian_heap_allocated_bytes / {a=$2}
+                    /^yijian_heap_resident_bytes / {r=$2} END {printf "%d %d %d\n", q / 1024, a / 1024, r / 1024}')
+            echo "$(( $(date +%s) - t0 )),${rss:-0},$fds,${thr:-0},${anon:-0},${file:-0},${shmem:-0},${sqlite:-0},${heap_alloc:-0},${heap_res:-0}" >> "$csv"
             sleep "$every"
         done
     ) &

@@ -60,6 +60,15 @@ rs = slope(t[w:], rss[w:]) * 60 * 10  # MiB per 10 minutes
 fs = slope(t[w:], fds[w:]) * 60 * 10
 print(f"samples: {len(rows)} over {t[-1]} s (warm-up: first {t[w]} s)")
 print(f"RSS MiB:  after warm-up {rss[w]:.1f}, end {rss[-1]:.1f}, max {max(rss):.1f}; trend after warm-up {rs:+.2f} MiB per 10 min")
+# Where the RSS sits (bench/lib.sh's sampler): anonymous (the heap), file-backed, shared (the
+# journal's WAL index), SQLite's own heap (part of the anonymous memory), and the heap as
+# jemalloc counts it: allocated and not freed (live data) against resident (live data plus free
+# pages it keeps).
+for col, name in (("rss_anon_kib", "anon"), ("rss_file_kib", "file"), ("rss_shmem_kib", "shmem"), ("sqlite_kib", "SQLite heap"),
+                  ("heap_allocated_kib", "allocated"), ("heap_resident_kib", "resident")):
+    if col in rows[0]:
+        ys = [int(r[col] or 0) / 1024 for r in rows]
+        print(f"  {name:>11} MiB: after warm-up {ys[w]:.1f}, end {ys[-1]:.1f}; trend {slope(t[w:], ys[w:]) * 600:+.2f} per 10 min")
 print(f"open fds: after warm-up {fds[w]}, end {fds[-1]}, min {min(fds[w:])}, max {max(fds[w:])}; trend {fs:+.2f} per 10 min")
 print("load result: " + ("OK, nothing lost or doubled" if rc == 0 else f"yijian-sim exited {rc} (lost/doubled or error)"))
 sys.exit(0 if rc == 0 else 1)

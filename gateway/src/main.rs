@@ -280,11 +280,25 @@ fn load_config(g: &Global) -> Result<Config, String> {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's own count of the heap, for `yijian_heap_allocated_bytes` and
+/// `yijian_heap_resident_bytes` (the telemetry sampler calls it every 2 s).
+#[cfg(not(target_env = "msvc"))]
+fn jemalloc_heap() -> Option<(u64, u64)> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The statistics are cached; advancing the epoch refreshes them.
+    epoch::advance().ok()?;
+    let allocated = stats::allocated::read().ok()?;
+    let resident = stats::resident::read().ok()?;
+    Some((allocated as u64, resident as u64))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     if matches!(command, Command::Serve) {
         telemetry::init_logging(cli.global.log_format);
+        #[cfg(not(target_env = "msvc"))]
+        telemetry::sampler::set_heap_probe(jemalloc_heap);
     }
     let mut out = std::io::stdout().lock();
     let result: Result<(), String> = match command {

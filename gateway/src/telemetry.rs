@@ -53,6 +53,15 @@ pub const DEVICES_OFFLINE: &str = "yijian_devices_offline";
 pub const OPERATOR_ANSWER_SECONDS: &str = "yijian_operator_answer_seconds";
 /// Age of the oldest escalated request no operator has acknowledged yet (0 when none).
 pub const DESK_OLDEST_WAITING_SECONDS: &str = "yijian_desk_oldest_waiting_seconds";
+/// Heap memory SQLite holds (page caches, prepared statements, schemas of every journal
+/// connection): the journal's share of the process's memory.
+pub const STORE_MEMORY_BYTES: &str = "yijian_store_memory_bytes";
+/// Bytes the process has allocated and not freed (the allocator's count, when the binary
+/// reports it).
+pub const HEAP_ALLOCATED_BYTES: &str = "yijian_heap_allocated_bytes";
+/// Bytes of physical memory the allocator holds for the heap: allocated, plus free space it
+/// has not returned to the OS yet.
+pub const HEAP_RESIDENT_BYTES: &str = "yijian_heap_resident_bytes";
 /// Heartbeats and last wills taken in.
 pub const STATUS_RECEIVED_TOTAL: &str = "yijian_status_received_total";
 /// `{reason}`: status messages refused.
@@ -258,6 +267,21 @@ fn describe() {
         DESK_OLDEST_WAITING_SECONDS,
         Unit::Seconds,
         "Age of the oldest escalated request no operator has acknowledged yet, 0 when none waits."
+    );
+    g!(
+        STORE_MEMORY_BYTES,
+        Unit::Bytes,
+        "Heap memory SQLite holds for the journal's connections (page caches, statements)."
+    );
+    g!(
+        HEAP_ALLOCATED_BYTES,
+        Unit::Bytes,
+        "Heap bytes allocated and not yet freed, as the allocator counts them."
+    );
+    g!(
+        HEAP_RESIDENT_BYTES,
+        Unit::Bytes,
+        "Physical memory the allocator holds for the heap (allocated plus retained free pages)."
     );
     c!(
         STATUS_RECEIVED_TOTAL,
@@ -485,6 +509,17 @@ pub fn devices_connected(online: usize, offline: usize) {
 /// How long the oldest unanswered desk request has waited.
 pub fn desk_oldest_waiting(secs: f64) {
     gauge!(DESK_OLDEST_WAITING_SECONDS).set(secs);
+}
+
+/// SQLite's heap, sampled.
+pub fn store_memory(bytes: i64) {
+    gauge!(STORE_MEMORY_BYTES).set(bytes.max(0) as f64);
+}
+
+/// The allocator's view of the heap, sampled.
+pub fn heap(allocated: u64, resident: u64) {
+    gauge!(HEAP_ALLOCATED_BYTES).set(allocated as f64);
+    gauge!(HEAP_RESIDENT_BYTES).set(resident as f64);
 }
 
 /// An operator acknowledged a desk request.

@@ -211,6 +211,16 @@ async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_
     // broker dropped none as a duplicate, and each device lost its connection once (the
     // restart) and connected twice in all.
     let scrape = gw.metrics().await?;
+    // The binary reports its heap (jemalloc's count), and what the allocator holds covers what
+    // is allocated.
+    let (allocated, resident) = (
+        counter(&scrape, "yijian_heap_allocated_bytes"),
+        counter(&scrape, "yijian_heap_resident_bytes"),
+    );
+    ensure!(
+        allocated > 0.0 && resident >= allocated,
+        "heap gauges: allocated {allocated}, resident {resident}"
+    );
     ensure!(
         counter(&scrape, DUPLICATE_CLIENT_ID) == 0.0,
         "{DUPLICATE_CLIENT_ID} = {}",

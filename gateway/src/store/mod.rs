@@ -315,6 +315,13 @@ impl Store {
     }
 }
 
+/// Bytes of heap SQLite holds now, over every connection of the process.
+pub fn memory_used() -> i64 {
+    // SAFETY: sqlite3_memory_used takes no arguments and only reads SQLite's own counter
+    // (thread-safe in the bundled build's default serialized mode).
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}
+
 /// Copy committed WAL frames into the database file every 250 ms (a PASSIVE checkpoint: it
 /// never blocks the writer), until the writer stops. Before this ran on its own thread the
 /// writer checkpointed every 1,000 pages inside a commit, and every press in that batch

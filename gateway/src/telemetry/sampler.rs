@@ -1,9 +1,13 @@
 //! Gauges sampled from the journal on a timer, for what no single event can tell: how long the
 //! oldest escalated request has been waiting for an operator. An alert on that age fires while
-//! a request is still unanswered, not after someone finally takes it.
+//! a request is still unanswered, not after someone finally takes it. And memory: what SQLite
+//! holds, and — when the binary registered a [`HeapProbe`] for its allocator — what the whole
+//! heap holds live against what the allocator keeps resident, so a soak (or an operator) can
+//! tell a leak from caches filling and from allocator retention.
 
 use crate::clock::now_ms;
 use crate::store::{self, Store};
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +15,17 @@ use tokio_util::sync::CancellationToken;
 /// How often the journal is sampled. Small against the 60 s answer target; the query reads
 /// one row of the `(state, created_at)` index.
 pub const INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reads the allocator's statistics: `(allocated, resident)` bytes. The library does not choose
+/// the allocator; the binary does, and registers this for it.
+pub type HeapProbe = fn() -> Option<(u64, u64)>;
+
+static HEAP_PROBE: OnceLock<HeapProbe> = OnceLock::new();
+
+/// Register the allocator's probe (once per process; later calls are ignored).
+pub fn set_heap_probe(probe: HeapProbe) {
+    let _ = HEAP_PROBE.set(probe);
+}
 
 /// Sample every [`INTERVAL`] until `shutdown`.
 pub fn start(store: Store, shutdown: CancellationToken) -> JoinHandle<()> {
@@ -21,6 +36,10 @@ pub fn start(store: Store, shutdown: CancellationToken) -> JoinHandle<()> {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+            }
+            super::store_memory(store::memory_used());
+            if let Some((allocated, resident)) = HEAP_PROBE.get().and_then(|probe| probe()) {
+                super::heap(allocated, resident);
             }
             match store.read(store::read::oldest_escalated).await {
                 Ok(oldest) => super::desk_oldest_waiting(waiting_secs(oldest, now_ms())),
