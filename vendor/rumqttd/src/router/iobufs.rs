@@ -45,7 +45,11 @@ impl Incoming {
 
     #[inline]
     pub(crate) fn exchange(&mut self, mut v: VecDeque<Packet>) -> VecDeque<Packet> {
-        std::mem::swap(&mut v, &mut self.buffer.lock());
+        // YIJIAN PATCH (12): move the packets into `v` instead of swapping the buffers. A swap
+        // hands this connection's buffer to the router, which passes it on to the next
+        // connection it reads from, so every connection's buffer ended up as written-to as the
+        // busiest connection's largest batch had made any of them (see YIJIAN-PATCH.md).
+        v.extend(self.buffer.lock().drain(..));
         v
     }
 }
