@@ -299,6 +299,18 @@ impl TestGateway {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// A status callback for request `rid` from `backend` (with its token), as the backend
+    /// would send it: (status, JSON body).
+    pub async fn callback(&self, rid: &str, backend: &str, event: Value) -> Result<(u16, Value)> {
+        self.call(
+            "POST",
+            &format!("/api/v1/requests/{rid}/events"),
+            Some(&backend_token(backend)),
+            Some(event),
+        )
+        .await
+    }
+
     /// Stop the gateway.
     pub async fn stop(self) {
         self.gw.stop().await;

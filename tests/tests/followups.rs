@@ -151,12 +151,7 @@ async fn a_cancel_of_a_rescue_on_its_way_is_flagged_for_an_operator() -> Result<
         .await?;
     let rid = heard[0].feedback.request.clone().expect("request id");
     let (status, v) = gw
-        .call(
-            "POST",
-            &format!("/api/v1/requests/{rid}/events"),
-            Some(&backend_token("rescue")),
-            Some(json!({"state": "en_route", "eta_s": 300})),
-        )
+        .callback(&rid, "rescue", json!({"state": "en_route", "eta_s": 300}))
         .await?;
     assert_eq!(status, 200, "{v}");
 

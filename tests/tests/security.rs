@@ -730,12 +730,7 @@ async fn twenty_presses_in_two_seconds_are_one_request_pressed_again_nineteen_ti
     }
     // After the request is closed, the next press books anew.
     let (s, _) = gw
-        .call(
-            "POST",
-            &format!("/api/v1/requests/{rid}/events"),
-            Some(&backend_token("taxi")),
-            Some(json!({"state": "closed"})),
-        )
+        .callback(&rid, "taxi", json!({"state": "closed"}))
         .await?;
     assert_eq!(s, 200);
     let next = dev.press("main", yijian_wire::Gesture::Double).await?;

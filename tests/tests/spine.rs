@@ -1,7 +1,10 @@
 //! The spine, end to end: simulated devices → embedded broker → gateway → journal → mock HTTP
 //! backends, and feedback back to the device. Everything in one process on loopback ports.
 
+mod common;
+
 use anyhow::Result;
+use common::Metrics;
 use serde_json::json;
 use std::collections::HashSet;
 use yijian_device_sim::{DeviceConfig, SimDevice};
@@ -439,12 +442,7 @@ async fn a_device_that_was_away_hears_where_its_request_stands_when_it_subscribe
 
     // While the device is away (its power cut, say), the ambulance sets off.
     let (status, v) = gw
-        .call(
-            "POST",
-            &format!("/api/v1/requests/{rid}/events"),
-            Some(&backend_token("rescue")),
-            Some(json!({"state": "en_route", "eta_s": 300})),
-        )
+        .callback(&rid, "rescue", json!({"state": "en_route", "eta_s": 300}))
         .await?;
     assert_eq!(status, 200, "{v}");
     let v = gw
@@ -477,18 +475,9 @@ async fn a_device_that_was_away_hears_where_its_request_stands_when_it_subscribe
     assert_eq!(fb.request.as_ref(), Some(&rid));
     assert_eq!(fb.state, FeedbackState::EnRoute);
     assert_eq!(fb.eta_s, Some(300));
-    let scrape = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
+    let resumed = Metrics::scrape(&gw)
         .await?
-        .text()
-        .await?;
-    let resumed: f64 = scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"yijian_feedback_resumed_total{state="en_route"} "#))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+        .value("yijian_feedback_resumed_total", &[("state", "en_route")]);
     assert!(resumed >= 1.0, "resumed feedback counted: {resumed}");
     gw.stop().await;
     Ok(())
