@@ -327,3 +327,103 @@ async fn a_second_connection_under_a_connected_client_id_is_counted() -> Result<
     gw.stop().await;
     Ok(())
 }
+
+/// Connections that come and go as fast as they can — connect, subscribe, press, drop — must
+/// never stop the broker from answering the next CONNECT. (rumqttd's router used to stall
+/// for good when a connection that had gone away was still first in its ready queue while a
+/// new connection waited for its CONNACK: patch 13, vendor/rumqttd/YIJIAN-PATCH.md. At the
+/// default 200 devices × 50 rounds the unpatched broker stopped answering within seconds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_churn_never_stops_the_broker_answering() -> Result<()> {
+    let (devices, rounds) = (
+        env_count("YIJIAN_CHURN_DEVICES", 200usize)?,
+        env_count("YIJIAN_CHURN_ROUNDS", 50usize)?,
+    );
+    let gw = TestGateway::start(|c| c.flood.attach_window_s = 0).await?;
+    let mut secrets = Vec::new();
+    for i in 0..devices {
+        secrets.push(gw.add_device(&format!("churn-{i}"), "one-button")?);
+    }
+    let connected_rounds = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, secret) in secrets.iter().cloned().enumerate() {
+        let addr = gw.mqtt;
+        let connected_rounds = connected_rounds.clone();
+        tasks.spawn(async move {
+            let id = format!("churn-{i}");
+            for round in 0..rounds {
+                let mut o = rumqttc::MqttOptions::new(&id, addr.ip().to_string(), addr.port());
+                o.set_credentials(&id, &secret);
+                o.set_clean_session(round % 2 == 0);
+                let (client, mut events) = rumqttc::AsyncClient::new(o, 16);
+                let connected = tokio::time::timeout(WAIT, async {
+                    loop {
+                        match events.poll().await {
+                            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                                return Ok(true)
+                            }
+                            Ok(_) => {}
+                            // The broker took the connection and never answered it.
+                            Err(rumqttc::ConnectionError::NetworkTimeout) => {
+                                return Err(anyhow::anyhow!("{id} round {round}: no CONNACK"))
+                            }
+                            // Refused or dropped (a takeover by our own next round): retry.
+                            Err(_) => return Ok(false),
+                        }
+                    }
+                })
+                .await
+                .map_err(|_| anyhow::anyhow!("{id} round {round}: no CONNACK within {WAIT:?}"))??;
+                if !connected {
+                    continue;
+                }
+                connected_rounds.fetch_add(1, Ordering::Relaxed);
+                let feedback = yijian_wire::topic::topic(&id, yijian_wire::topic::Kind::Feedback);
+                let press = yijian_wire::topic::topic(&id, yijian_wire::topic::Kind::Press);
+                let body = format!(
+                    r#"{{"id":"{id}-{round}","button":"main","gesture":"single","at":{}}}"#,
+                    epoch_us() / 1000
+                );
+                let status = yijian_wire::topic::topic(&id, yijian_wire::topic::Kind::Status);
+                let _ = client.try_subscribe(feedback, rumqttc::QoS::AtLeastOnce);
+                let _ = client.try_publish(press, rumqttc::QoS::AtLeastOnce, false, body);
+                // Heartbeats, so the broker still owes this connection acks when it goes.
+                for _ in 0..8 {
+                    let _ = client.try_publish(
+                        &status,
+                        rumqttc::QoS::AtLeastOnce,
+                        true,
+                        r#"{"online":true}"#,
+                    );
+                }
+                // Send what is queued, then drop the connection without a DISCONNECT.
+                for _ in 0..3 {
+                    if tokio::time::timeout(Duration::from_millis(5), events.poll())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let connected = connected_rounds.load(Ordering::Relaxed);
+    let total = (devices * rounds) as u64;
+    eprintln!("churn: {connected} of {total} connections answered");
+    // Most rounds must really have been let in, or this test churned nothing.
+    ensure!(
+        connected * 2 > total,
+        "only {connected} of {total} connections were let in"
+    );
+    // And the broker still serves a well-behaved device end to end.
+    let mut dev = gw.device("churn-after", "one-button").await?;
+    let press = dev.press("main", Gesture::Single).await?;
+    dev.wait_for(&press, FeedbackState::Escalated, WAIT).await?;
+    gw.stop().await;
+    Ok(())
+}

@@ -32,8 +32,17 @@ impl Scheduler {
 
     /// Next connection which is ready to make progress
     pub fn poll(&mut self) -> Option<(ConnectionId, VecDeque<DataRequest>)> {
-        let id = self.readyqueue.pop_front()?;
-        let tracker = self.trackers.get_mut(id)?;
+        // YIJIAN PATCH (13): skip connections that went away while queued (the router leaves
+        // them in the queue, see `handle_disconnection`) instead of answering "nothing ready"
+        // for them. That answer made the router wait for a new event while the rest of the
+        // queue was ready — and when the rest was a new connection whose link waits for its
+        // CONNACK with a blocking receive on the broker's network thread, no event ever came.
+        let (id, tracker) = loop {
+            let id = self.readyqueue.pop_front()?;
+            if let Some(tracker) = self.trackers.get_mut(id) {
+                break (id, tracker);
+            }
+        };
 
         // drain will clear all DataRequest but will keep the allocated memory of our VecDeque.
         let data_requests = tracker.data_requests.drain(..).collect();
