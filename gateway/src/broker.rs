@@ -359,10 +359,10 @@ pub fn start(
         initialized_filters: None,
         ..Default::default()
     };
-    // Every device subscription in place is reported to `resume` (rumqttd patch 11): a device
-    // that was away hears where its requests stand.
+    // Every subscription put in place, and every one that lost messages, is reported to
+    // `resume` (rumqttd patch 11): a device that missed feedback hears where its requests stand.
     let router = rumqttd::Router::new(0, router_config)
-        .on_subscribe(move |client_id, filter| resume.subscribed(client_id, filter));
+        .on_subscribe(move |client_id, filter, event| resume.subscribed(client_id, filter, event));
     let router_tx = router.spawn();
 
     let connections = |listener: Listener| {

@@ -6,7 +6,7 @@ mod common;
 use anyhow::Result;
 use common::Metrics;
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use yijian_device_sim::{DeviceConfig, SimDevice};
 use yijian_tests::*;
 use yijian_wire::topic::Kind;
@@ -475,6 +475,90 @@ async fn a_device_that_was_away_hears_where_its_request_stands_when_it_subscribe
     assert_eq!(fb.request.as_ref(), Some(&rid));
     assert_eq!(fb.state, FeedbackState::EnRoute);
     assert_eq!(fb.eta_s, Some(300));
+    let resumed = Metrics::scrape(&gw)
+        .await?
+        .value("yijian_feedback_resumed_total", &[("state", "en_route")]);
+    assert!(resumed >= 1.0, "resumed feedback counted: {resumed}");
+    gw.stop().await;
+    Ok(())
+}
+
+/// A device whose persistent session outlived its absence reads on where it left off — but the
+/// broker keeps only a device's last ~2 KB of feedback. When more than that was published while
+/// it was away, what fell out is lost to it, and the gateway tells it again from the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_session_dropped_feedback_hears_it_from_the_journal() -> Result<()> {
+    let mock = yijian_device_sim::MockBackends::start_local(MockOptions::default()).await?;
+    let gw = TestGateway::start(|c| {
+        backend(c, &mock, "rescue");
+        route(c, "rescue", &["rescue"], 2000, 20);
+        c.flood.attach_window_s = 0;
+    })
+    .await?;
+    let secret = gw.add_device("away-2", "one-button")?;
+    let cfg = DeviceConfig::new("away-2", &secret, gw.mqtt);
+    let mut dev = SimDevice::connect(cfg.clone()).await?;
+    let mut requests = Vec::new();
+    for _ in 0..8 {
+        let press = dev.press("main", Gesture::Single).await?;
+        let heard = dev
+            .wait_for(&press, FeedbackState::Dispatched, WAIT)
+            .await?;
+        requests.push((
+            press,
+            heard[0].feedback.request.clone().expect("request id"),
+        ));
+    }
+    dev.disconnect().await;
+
+    // While it is away: the first request's ambulance sets off, and then so much happens to the
+    // others that the first notice no longer fits in the device's feedback log.
+    let (first_press, first) = requests[0].clone();
+    for (state, eta) in [("en_route", Some(300)), ("arrived", None)] {
+        for (_, rid) in &requests {
+            if state == "arrived" && *rid == first {
+                continue;
+            }
+            let body = match eta {
+                Some(eta) => json!({"state": state, "eta_s": eta}),
+                None => json!({"state": state}),
+            };
+            let (status, v) = gw.callback(rid, "rescue", body).await?;
+            assert_eq!(status, 200, "{v}");
+            gw.wait_request(rid, state, |v| v["state"] == state).await?;
+        }
+    }
+
+    // Back with the same persistent session: it hears where every request stands, the first
+    // one's en_route included, which the broker no longer held for it.
+    let mut dev = SimDevice::connect(cfg).await?;
+    let mut owed: HashMap<&str, FeedbackState> = requests
+        .iter()
+        .map(|(p, rid)| {
+            let state = if *rid == first {
+                FeedbackState::EnRoute
+            } else {
+                FeedbackState::Arrived
+            };
+            (p.as_str(), state)
+        })
+        .collect();
+    while !owed.is_empty() {
+        let h = dev
+            .next_feedback(WAIT)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; still owed {owed:?}"))?;
+        let Some(press) = h.feedback.press.as_deref() else {
+            continue;
+        };
+        if owed.get(press) == Some(&h.feedback.state) {
+            if press == first_press {
+                assert_eq!(h.feedback.request.as_ref(), Some(&first));
+                assert_eq!(h.feedback.eta_s, Some(300));
+            }
+            owed.remove(press);
+        }
+    }
     let resumed = Metrics::scrape(&gw)
         .await?
         .value("yijian_feedback_resumed_total", &[("state", "en_route")]);

@@ -4,9 +4,17 @@
 //! session keeps only the last few feedback messages (broker.rs sizes each device's log). A
 //! `dispatched` published while a device was gone is then never heard: the device had its
 //! `received`, so it no longer retransmits the press, and the resident is never told that help
-//! is coming. So each time a device's subscription to its `feedback` topic is in place — on
-//! every connect, as DESIGN §2 asks devices to subscribe — the gateway tells it where each of
-//! its recent requests stands ([`MAX_AGE_MS`], [`ENDED_WITHIN_MS`], [`LIMIT`]).
+//! is coming. So when a device's subscription to its `feedback` topic starts afresh (a clean
+//! session, or any session after a gateway restart: rumqttd patch 11 tells us), and when the
+//! broker had to drop feedback the subscription had not yet read, the gateway tells it where
+//! each of its recent requests stands ([`MAX_AGE_MS`], [`ENDED_WITHIN_MS`], [`LIMIT`]).
+//!
+//! A persistent session that comes back intact reads on where it left off, so it is not told
+//! again: it would be told what it is about to hear anyway, and those copies would crowd its
+//! bounded log (measured: at 5,000 presses/s, when every reconnect was told again, nearly every
+//! reconnect then lost fresh feedback to the log's bound; see BENCHMARKS.md). Drops are told at
+//! most once per device per [`SKIPPED_EVERY`], so a device too slow for its own feedback is
+//! not sent more of it.
 //!
 //! NOTE: rumqttd tells us on its router thread, right after the subscription is in place
 //! (patch 11), so whatever the gateway publishes after that reaches the device. A dispatch
@@ -18,8 +26,10 @@ use super::FeedbackSender;
 use crate::clock::now_ms;
 use crate::store::{read, Store};
 use crate::telemetry;
+use rumqttd::Subscription;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +43,8 @@ pub const MAX_AGE_MS: i64 = 24 * 3600 * 1000;
 pub const ENDED_WITHIN_MS: i64 = 15 * 60 * 1000;
 /// At most this many requests per device, newest first.
 pub const LIMIT: u32 = 8;
+/// A device whose unread feedback the broker dropped is told again at most once per this.
+pub const SKIPPED_EVERY: Duration = Duration::from_secs(10);
 /// Devices looked up per journal read: a reconnect storm of 100,000 devices costs a few hundred
 /// reads, not 100,000.
 const BATCH: usize = 256;
@@ -44,18 +56,38 @@ pub struct Resume {
     /// A set, so a device that subscribes twice before it is served is served once, and the
     /// backlog is bounded by the number of devices.
     pending: Mutex<HashSet<String>>,
+    /// Devices told again for dropped feedback in the current [`SKIPPED_EVERY`] window.
+    skipped: Mutex<(Option<Instant>, HashSet<String>)>,
     /// Wakes the task; a wake-up before it waits is kept (`Notify` stores one permit).
     wake: Notify,
 }
 
 impl Resume {
-    /// The router's subscribe hook: `client_id` has a subscription on `filter` in place. Only a
-    /// device's own feedback topic counts (the gateway's own subscriptions are to presses and
-    /// statuses). Never blocks beyond a short lock: the router thread waits for it.
-    pub fn subscribed(&self, client_id: &str, filter: &str) {
+    /// The router's subscribe hook: `client_id`'s subscription on `filter` is in place or
+    /// lost messages. Only a device's own feedback topic counts (the gateway's own
+    /// subscriptions are to presses and statuses). Never blocks beyond a short lock: the router
+    /// thread waits for it.
+    pub fn subscribed(&self, client_id: &str, filter: &str, event: Subscription) {
         match topic::parse(filter) {
             Some((device, topic::Kind::Feedback)) if device == client_id => {}
             _ => return,
+        }
+        match event {
+            Subscription::New => {}
+            Subscription::Kept => return,
+            Subscription::Skipped => {
+                let mut skipped = self.skipped.lock().expect("resume lock is never poisoned");
+                let now = Instant::now();
+                if skipped
+                    .0
+                    .is_none_or(|start| now.duration_since(start) >= SKIPPED_EVERY)
+                {
+                    *skipped = (Some(now), HashSet::new());
+                }
+                if !skipped.1.insert(client_id.to_owned()) {
+                    return;
+                }
+            }
         }
         self.pending
             .lock()
@@ -134,14 +166,31 @@ mod tests {
     #[test]
     fn only_a_device_subscribing_to_its_own_feedback_is_owed_anything() {
         let r = Resume::default();
-        r.subscribed("d1", "yijian/v1/devices/d1/feedback");
-        r.subscribed("d1", "yijian/v1/devices/d1/feedback");
-        r.subscribed("d2", "yijian/v1/devices/d1/feedback");
-        r.subscribed("d3", "yijian/v1/devices/d3/press");
-        r.subscribed("yijian-gateway", topic::PRESS_FILTER);
-        r.subscribed("d4", "yijian/v1/devices/+/feedback");
+        let new = Subscription::New;
+        r.subscribed("d1", "yijian/v1/devices/d1/feedback", new);
+        r.subscribed("d1", "yijian/v1/devices/d1/feedback", new);
+        r.subscribed("d2", "yijian/v1/devices/d1/feedback", new);
+        r.subscribed("d3", "yijian/v1/devices/d3/press", new);
+        r.subscribed("yijian-gateway", topic::PRESS_FILTER, new);
+        r.subscribed("d4", "yijian/v1/devices/+/feedback", new);
         assert_eq!(r.take(10), vec!["d1".to_owned()]);
         assert!(r.take(10).is_empty());
+    }
+
+    #[test]
+    fn a_session_that_kept_its_place_is_owed_nothing_and_drops_are_told_once_a_window() {
+        let r = Resume::default();
+        r.subscribed("d1", "yijian/v1/devices/d1/feedback", Subscription::Kept);
+        assert!(r.take(10).is_empty());
+        r.subscribed("d1", "yijian/v1/devices/d1/feedback", Subscription::Skipped);
+        assert_eq!(r.take(10), vec!["d1".to_owned()]);
+        // The same device dropping again within the window is not told again; another is.
+        r.subscribed("d1", "yijian/v1/devices/d1/feedback", Subscription::Skipped);
+        r.subscribed("d2", "yijian/v1/devices/d2/feedback", Subscription::Skipped);
+        assert_eq!(r.take(10), vec!["d2".to_owned()]);
+        // A fresh subscription always is.
+        r.subscribed("d1", "yijian/v1/devices/d1/feedback", Subscription::New);
+        assert_eq!(r.take(10), vec!["d1".to_owned()]);
     }
 
     #[test]
@@ -149,7 +198,11 @@ mod tests {
         let r = Resume::default();
         for i in 0..5 {
             let d = format!("d{i}");
-            r.subscribed(&d, &topic::topic(&d, topic::Kind::Feedback));
+            r.subscribed(
+                &d,
+                &topic::topic(&d, topic::Kind::Feedback),
+                Subscription::New,
+            );
         }
         assert_eq!(r.take(3).len(), 3);
         assert_eq!(r.take(3).len(), 2);

@@ -21,9 +21,9 @@ use tracing_subscriber::{
 pub use link::alerts;
 pub use link::local;
 pub use link::meters;
-// YIJIAN PATCH (11): SubscribeHook
+// YIJIAN PATCH (11): SubscribeHook, Subscription
 pub use router::{
-    Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router, SubscribeHook,
+    Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router, SubscribeHook, Subscription,
 };
 use segments::Storage;
 pub use server::{Broker, LinkType, Server};

@@ -27,7 +27,7 @@ mod waiters;
 
 pub use alertlog::Alert;
 pub use connection::Connection;
-pub use routing::{Router, SubscribeHook}; // YIJIAN PATCH (11): SubscribeHook
+pub use routing::{Router, SubscribeHook, Subscription}; // YIJIAN PATCH (11)
 pub use waiters::Waiters;
 
 pub const MAX_SCHEDULE_ITERATIONS: usize = 100;

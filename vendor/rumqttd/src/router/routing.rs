@@ -106,11 +106,25 @@ pub struct Router {
     subscribe_hook: Option<SubscribeHook>,
 }
 
-/// YIJIAN PATCH (11): called on the router thread with `(client_id, filter)` each time a
-/// connection's subscription is in place: after a SUBSCRIBE is applied, and for every
-/// subscription a persistent session brings back on connect. Whatever is published after the
-/// call reaches that subscription. It must not block: the router waits for it.
-pub type SubscribeHook = Box<dyn Fn(&str, &str) + Send>;
+/// YIJIAN PATCH (11): called on the router thread with `(client_id, filter, event)` each time
+/// a connection's subscription is in place, and when it lost messages. Whatever is published
+/// after the call reaches that subscription. It must not block: the router waits for it.
+pub type SubscribeHook = Box<dyn Fn(&str, &str, Subscription) + Send>;
+
+/// YIJIAN PATCH (11): what happened to a subscription, as told to the [`SubscribeHook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// A SUBSCRIBE on a filter the connection did not have: it reads from the head of the log,
+    /// so nothing published before reaches it.
+    New,
+    /// A persistent session brought the subscription back on connect, or a SUBSCRIBE repeated
+    /// one the session had: it reads on from where it left off, so whatever the log still holds
+    /// since then reaches it.
+    Kept,
+    /// Its read position had fallen out of the log (the log is bounded): the messages between
+    /// were dropped for it, and it reads on from the oldest one left.
+    Skipped,
+}
 
 impl Router {
     pub fn new(router_id: RouterId, config: RouterConfig) -> Router {
@@ -157,7 +171,10 @@ impl Router {
 
     /// YIJIAN PATCH (11): set the hook told of every subscription once it is in place (see
     /// [`SubscribeHook`]).
-    pub fn on_subscribe(mut self, hook: impl Fn(&str, &str) + Send + 'static) -> Router {
+    pub fn on_subscribe(
+        mut self,
+        hook: impl Fn(&str, &str, Subscription) + Send + 'static,
+    ) -> Router {
         self.subscribe_hook = Some(Box::new(hook));
         self
     }
@@ -417,7 +434,7 @@ impl Router {
             (&self.subscribe_hook, self.connections.get(connection_id))
         {
             for filter in &connection.subscriptions {
-                hook(&client_id, filter);
+                hook(&client_id, filter, Subscription::Kept);
             }
         }
 
@@ -715,10 +732,18 @@ impl Router {
                         // this is because we do want to treat is as diffrent subscription
                         // and create DataRequest, while using the same datalog of "topic"
                         // NOTE: topic & $share/group/topic will have same filteridx!
+                        // YIJIAN PATCH (11): a filter the session already has keeps its
+                        // read position (`prepare_filter` leaves it alone).
+                        let kept = self.connections[id].subscriptions.contains(&f.path);
                         self.prepare_filter(id, cursor, idx, f, group, subscription_id);
                         // YIJIAN PATCH (11): the subscription is in place.
                         if let Some(hook) = &self.subscribe_hook {
-                            hook(&self.connections[id].client_id, &f.path);
+                            let event = if kept {
+                                Subscription::Kept
+                            } else {
+                                Subscription::New
+                            };
+                            hook(&self.connections[id].client_id, &f.path, event);
                         }
 
                         let code = match f.qos {
@@ -1088,6 +1113,7 @@ impl Router {
                 alertlog,
                 connection,
                 shared_group,
+                self.subscribe_hook.as_ref(),
             ) {
                 ConsumeStatus::BufferFull => {
                     requests.push_back(request);
@@ -1457,6 +1483,7 @@ fn forward_device_data(
     alertlog: &mut AlertLog,
     connection: &mut Connection,
     shared_group: Option<&mut SharedGroup>,
+    subscribe_hook: Option<&SubscribeHook>,
 ) -> ConsumeStatus {
     let span = tracing::info_span!("outgoing_publish", client_id = outgoing.client_id);
     let _guard = span.enter();
@@ -1557,6 +1584,10 @@ fn forward_device_data(
 
         let alert = alert::cursorjump(&outgoing.client_id, &request.filter, 0);
         alertlog.log(alert);
+        // YIJIAN PATCH (11): this subscription lost what fell out of the log.
+        if let Some(hook) = subscribe_hook {
+            hook(&outgoing.client_id, &request.filter, Subscription::Skipped);
+        }
     }
 
     trace!(
