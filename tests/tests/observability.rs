@@ -127,10 +127,10 @@ fn read_dashboard(file: &str) -> Result<String> {
     std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
 }
 
-/// Every `yijian_*` name in a text (PromQL, YAML, JSON).
 /// Metrics only the release binary exports (its allocator's statistics).
 const BINARY_ONLY: &[&str] = &["yijian_heap_allocated_bytes", "yijian_heap_resident_bytes"];
 
+/// Every `yijian_*` name in a text (PromQL, YAML, JSON).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = text;

@@ -22,6 +22,7 @@ use yijian_device_sim::load::tracker::Tracker;
 use yijian_device_sim::{DeviceConfig, MockBackends, SimDevice};
 use yijian_tests::child::{counter, ChildGateway};
 use yijian_tests::*;
+use yijian_wire::topic::{topic, Kind};
 
 const DUPLICATE_CLIENT_ID: &str = "yijian_mqtt_duplicate_client_id_total";
 
@@ -378,13 +379,13 @@ async fn connection_churn_never_stops_the_broker_answering() -> Result<()> {
                     continue;
                 }
                 connected_rounds.fetch_add(1, Ordering::Relaxed);
-                let feedback = yijian_wire::topic::topic(&id, yijian_wire::topic::Kind::Feedback);
-                let press = yijian_wire::topic::topic(&id, yijian_wire::topic::Kind::Press);
+                let feedback = topic(&id, Kind::Feedback);
+                let press = topic(&id, Kind::Press);
                 let body = format!(
                     r#"{{"id":"{id}-{round}","button":"main","gesture":"single","at":{}}}"#,
                     epoch_us() / 1000
                 );
-                let status = yijian_wire::topic::topic(&id, yijian_wire::topic::Kind::Status);
+                let status = topic(&id, Kind::Status);
                 let _ = client.try_subscribe(feedback, rumqttc::QoS::AtLeastOnce);
                 let _ = client.try_publish(press, rumqttc::QoS::AtLeastOnce, false, body);
                 // Heartbeats, so the broker still owes this connection acks when it goes.

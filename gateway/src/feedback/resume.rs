@@ -68,32 +68,36 @@ impl Resume {
     /// subscriptions are to presses and statuses). Never blocks beyond a short lock: the router
     /// thread waits for it.
     pub fn subscribed(&self, client_id: &str, filter: &str, event: Subscription) {
+        // Most calls are a reconnecting session's kept subscriptions: answered before parsing.
+        if event == Subscription::Kept {
+            return;
+        }
         match topic::parse(filter) {
             Some((device, topic::Kind::Feedback)) if device == client_id => {}
             _ => return,
         }
-        match event {
-            Subscription::New => {}
-            Subscription::Kept => return,
-            Subscription::Skipped => {
-                let mut skipped = self.skipped.lock().expect("resume lock is never poisoned");
-                let now = Instant::now();
-                if skipped
-                    .0
-                    .is_none_or(|start| now.duration_since(start) >= SKIPPED_EVERY)
-                {
-                    *skipped = (Some(now), HashSet::new());
-                }
-                if !skipped.1.insert(client_id.to_owned()) {
-                    return;
-                }
-            }
+        if event == Subscription::Skipped && !self.first_skip_in_window(client_id) {
+            return;
         }
         self.pending
             .lock()
             .expect("resume lock is never poisoned")
             .insert(client_id.to_owned());
         self.wake.notify_one();
+    }
+
+    /// Whether `device`'s dropped feedback is the first told in the current [`SKIPPED_EVERY`]
+    /// window (and note that it was).
+    fn first_skip_in_window(&self, device: &str) -> bool {
+        let mut skipped = self.skipped.lock().expect("resume lock is never poisoned");
+        let now = Instant::now();
+        if skipped
+            .0
+            .is_none_or(|start| now.duration_since(start) >= SKIPPED_EVERY)
+        {
+            *skipped = (Some(now), HashSet::new());
+        }
+        skipped.1.insert(device.to_owned())
     }
 
     /// Up to `n` devices owed their states.

@@ -23,7 +23,8 @@ pub use link::local;
 pub use link::meters;
 // YIJIAN PATCH (11): SubscribeHook, Subscription
 pub use router::{
-    Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router, SubscribeHook, Subscription,
+    Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router, SubscribeHook,
+    Subscription,
 };
 use segments::Storage;
 pub use server::{Broker, LinkType, Server};
