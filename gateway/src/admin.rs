@@ -9,9 +9,10 @@ use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
 use crate::devices::{self, DEFAULT_PROFILE};
 use crate::rules::RuleSet;
-use crate::store::{self, StoreError};
+use crate::store::{self, Engine, NewDevice, StoreError};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use yijian_wire::topic;
 
 /// A CLI failure: the message is printed as is.
@@ -33,7 +34,7 @@ impl From<std::io::Error> for AdminError {
 
 /// The journal, which must exist already (commands that only read or change what is there
 /// should not leave an empty journal behind a typo in `--data-dir`).
-pub(crate) fn open_existing(cfg: &Config) -> Result<rusqlite::Connection, AdminError> {
+pub(crate) fn open_existing(cfg: &Config) -> Result<Arc<dyn Engine>, AdminError> {
     let path = cfg.db_path();
     if !path.exists() {
         return Err(AdminError(format!(
@@ -41,7 +42,7 @@ pub(crate) fn open_existing(cfg: &Config) -> Result<rusqlite::Connection, AdminE
             path.display()
         )));
     }
-    Ok(store::open_rw(&path)?)
+    Ok(store::open_engine(&path)?)
 }
 
 fn profile_problem(p: &str) -> Option<&'static str> {
@@ -76,18 +77,19 @@ pub fn devices_add(
             ));
         }
     }
-    let conn = store::open_rw(&cfg.db_path())?;
+    let journal = store::open_engine(&cfg.db_path())?;
     let secret = devices::new_secret();
-    store::read::add_device(
-        &conn,
-        device_id,
-        &devices::digest(&secret),
-        profile,
-        resident,
+    journal.add_devices(
+        &[NewDevice {
+            device_id: device_id.to_owned(),
+            secret_sha256: devices::digest(&secret).to_vec(),
+            profile: profile.to_owned(),
+            resident_id: resident.map(str::to_owned),
+        }],
         now_ms(),
     )?;
     let unknown_resident = match resident {
-        Some(r) => crate::residents::load(&conn, r)?.is_none(),
+        Some(r) => journal.resident(r)?.is_none(),
         None => false,
     };
     if json {
@@ -137,26 +139,29 @@ pub fn devices_add_many(
             "prefix gives invalid ids ({last}): {p}"
         )));
     }
-    let mut conn = store::open_rw(&cfg.db_path())?;
-    let tx = conn.transaction().map_err(StoreError::from)?;
-    let now = now_ms();
+    let journal = store::open_engine(&cfg.db_path())?;
     let mut lines = String::new();
+    let mut new = Vec::with_capacity(count as usize);
     for i in 1..=count {
         let id = format!("{prefix}{i}");
         let secret = devices::new_secret();
-        store::read::add_device(&tx, &id, &devices::digest(&secret), profile, None, now)?;
+        new.push(NewDevice {
+            device_id: id.clone(),
+            secret_sha256: devices::digest(&secret).to_vec(),
+            profile: profile.to_owned(),
+            resident_id: None,
+        });
         lines.push_str(&serde_json::json!({"device_id": id, "secret": secret}).to_string());
         lines.push('\n');
     }
-    tx.commit().map_err(StoreError::from)?;
+    journal.add_devices(&new, now_ms())?;
     out.write_all(lines.as_bytes())?;
     Ok(())
 }
 
 /// `devices list [--json]`.
 pub fn devices_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
-    let conn = store::open_rw(&cfg.db_path())?;
-    let list = store::read::devices(&conn)?;
+    let list = store::open_engine(&cfg.db_path())?.devices()?;
     if json {
         writeln!(out, "{}", serde_json::json!({"devices": list}))?;
         return Ok(());

@@ -6,7 +6,6 @@ pub mod auth;
 pub mod devices;
 
 use crate::clock::now_ms;
-use crate::feedback::FeedbackSender;
 use crate::store::{self, ListFilter, OperatorAction, RequestState, Store, StoreError, Transition};
 use crate::telemetry;
 use axum::extract::rejection::JsonRejection;
@@ -40,8 +39,6 @@ pub struct Readiness {
 pub struct ApiState {
     /// The journal.
     pub store: Store,
-    /// To relay callbacks and operator actions to devices.
-    pub feedback: FeedbackSender,
     /// Component readiness.
     pub ready: Arc<Readiness>,
     /// Prometheus rendering.
@@ -217,20 +214,13 @@ async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
     let filter = parse_filter(&q)?;
-    let requests = s
-        .store
-        .read(move |c| store::read::list_requests(c, &filter))
-        .await?;
+    let requests = s.store.requests(filter).await?;
     Ok(Json(json!({"requests": requests})))
 }
 
 async fn view(s: &ApiState, id: String) -> Result<Json<serde_json::Value>, ApiError> {
     let shown = id.clone();
-    match s
-        .store
-        .read(move |c| store::read::get_request(c, &id))
-        .await?
-    {
+    match s.store.request(&id).await? {
         Some(v) => Ok(Json(serde_json::to_value(v).expect("views serialize"))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -266,9 +256,11 @@ async fn operator(
                 OperatorAction::Ack => {
                     telemetry::operator_answer((at - created_at).max(0) as f64 / 1000.0)
                 }
-                OperatorAction::Close | OperatorAction::Cancel => s.feedback.notify(&notice).await,
+                // The device hears a close or cancel from the change feed.
+                OperatorAction::Close | OperatorAction::Cancel => {}
             }
-            tracing::info!(request_id = %id, device_id = %notice.device_id, press_id = %notice.press_id, action = name, "operator action");
+            let (device_id, press_id) = who(&notice);
+            tracing::info!(request_id = %id, device_id, press_id, action = name, "operator action");
             view(&s, id).await
         }
         Ok(Transition::NotFound) => {
@@ -367,8 +359,9 @@ async fn events(
     {
         Transition::Applied { notice, .. } => {
             telemetry::callback("ok");
-            tracing::info!(request_id = %id, device_id = %notice.device_id, press_id = %notice.press_id, %state, "backend callback");
-            s.feedback.notify(&notice).await;
+            // The device hears it from the change feed.
+            let (device_id, press_id) = who(&notice);
+            tracing::info!(request_id = %id, device_id, press_id, %state, "backend callback");
             view(&s, id).await
         }
         Transition::NotFound => {
@@ -396,5 +389,13 @@ async fn events(
                 format!("request is {cur}; it cannot become {state}"),
             ))
         }
+    }
+}
+
+/// The device and press a transition is about, for the log line (empty when none).
+fn who(notice: &Option<store::Notice>) -> (&str, &str) {
+    match notice {
+        Some(n) => (n.device_id.as_str(), n.press_id.as_deref().unwrap_or("")),
+        None => ("", ""),
     }
 }

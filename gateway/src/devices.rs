@@ -70,8 +70,7 @@ impl Directory {
     /// The journal row for `device_id`, refreshing the cache. `None` when not registered
     /// (or revoked).
     pub fn load(&self, device_id: &str) -> Result<Option<DeviceRecord>, store::StoreError> {
-        let id = device_id.to_owned();
-        let rec = self.store.read_now(move |c| store::read::device(c, &id))?;
+        let rec = self.store.engine().device(device_id)?;
         let mut cache = self
             .cache
             .write()

@@ -2,6 +2,7 @@
 //! `yijian/v1/devices/{id}/feedback` at QoS 1 over the gateway's own MQTT connection.
 //! [`resume`] tells a device that was away where its requests stand.
 
+pub mod changes;
 pub mod resume;
 
 use crate::broker;

@@ -64,7 +64,6 @@ pub struct IntakeContext {
 /// A press waiting for the journal's commit, kept in receive order.
 struct Pending {
     rx: oneshot::Receiver<Result<PressOutcome, StoreError>>,
-    started: Instant,
     gesture: Gesture,
     /// `device_id \0 press_id`, in [`Queued`] until the commit answers.
     key: String,
@@ -287,11 +286,11 @@ async fn take_valid_press(
         resident_id: device.resident_id.as_deref().map(str::to_owned),
         intake_at,
         attach_window_ms: ctx.attach_window_ms,
+        intake_started: Some(started),
     };
     match ctx.store.submit_press(entry).await {
         Ok(rx) => Some(Pending {
             rx,
-            started,
             gesture,
             key,
             span,
@@ -312,7 +311,6 @@ async fn take_valid_press(
 async fn responder(mut rx: mpsc::Receiver<Pending>, ctx: Arc<IntakeContext>, queued: Queued) {
     while let Some(Pending {
         rx,
-        started,
         gesture,
         key,
         span,
@@ -325,7 +323,7 @@ async fn responder(mut rx: mpsc::Receiver<Pending>, ctx: Arc<IntakeContext>, que
             .remove(&key);
         match result {
             Ok(Ok(outcome)) => {
-                after_commit(&ctx, outcome, started, gesture, &span)
+                after_commit(&ctx, outcome, gesture, &span)
                     .instrument(span.clone())
                     .await
             }
@@ -342,30 +340,16 @@ async fn responder(mut rx: mpsc::Receiver<Pending>, ctx: Arc<IntakeContext>, que
 async fn after_commit(
     ctx: &IntakeContext,
     outcome: PressOutcome,
-    started: Instant,
     gesture: Gesture,
     span: &tracing::Span,
 ) {
     match outcome {
         PressOutcome::Created(req) => {
+            // The device hears `received` from the change feed (feedback::changes), already
+            // published by the commit that answered here.
             span.record("request_id", req.id.as_str());
-            let fb = Feedback {
-                press: Some(req.press.id.clone()),
-                request: Some(req.id.clone()),
-                service: Some(req.service),
-                state: yijian_wire::FeedbackState::Received,
-                reference: None,
-                eta_s: None,
-                reason: None,
-                at: now_ms(),
-            };
-            ctx.feedback.send(&req.device_id, &fb).await;
-            let sent_at = now_ms();
-            telemetry::intake_to_received(started.elapsed());
-            telemetry::press_to_received(req.service, req.press.at, sent_at);
             telemetry::press_received(gesture, "request");
             telemetry::request_created(req.service, req.priority);
-            ctx.store.received_sent(&req.id, req.journaled_at, sent_at);
             tracing::info!(service = %req.service, priority = %req.priority, "request created");
             ctx.dispatch.submit(req).await;
         }
@@ -381,7 +365,7 @@ async fn after_commit(
                 tracing::info!("request cancelled by the resident");
                 ctx.dispatch.cancel(rid, backend);
             }
-            ctx.feedback.notify(&notice).await;
+            // The device hears `cancelled` from the change feed.
         }
         PressOutcome::NothingToCancel(notice) => {
             telemetry::press_received(gesture, "cancel");
@@ -396,13 +380,14 @@ async fn after_commit(
                 device_id = %notice.device_id,
                 "the resident asked to cancel a rescue already on its way; an operator must confirm by phone"
             );
-            ctx.feedback.notify(&notice).await;
+            // The device hears where the request stands, and why, from the change feed.
         }
         PressOutcome::PressedAgain { notice, update } => {
             // Flood control (crate::flood): the press joined the open request; the device hears
             // where that request stands, the backend holding it hears of the urgency.
             telemetry::press_received(gesture, "pressed_again");
-            ctx.feedback.notify(&notice).await;
+            // The device hears where the request stands from the change feed.
+            let _ = notice;
             if let Some(u) = update {
                 ctx.dispatch.pressed_again(u);
             }

@@ -107,11 +107,25 @@ pub struct Gateway {
     tasks: Vec<JoinHandle<()>>,
     /// Stops the broker's listener thread, and the thread itself.
     broker: Option<(CancellationToken, std::thread::JoinHandle<()>)>,
+    /// One gateway per data directory: held until this gateway has stopped.
+    _lock: store::lock::DirLock,
 }
 
 impl Gateway {
-    /// Start every stage; returns once devices are admitted and the API serves.
+    /// Start every stage; returns once devices are admitted and the API serves. Fails with
+    /// [`store::StoreError::InUse`] when another gateway holds the data directory.
     pub async fn start(config: Config, http: TcpListener) -> Result<Gateway, StartError> {
+        let lock = store::lock::DirLock::acquire(&config.store.data_dir)?;
+        Gateway::start_locked(config, http, lock).await
+    }
+
+    /// [`Gateway::start`] with the data directory's lock already taken (`serve` takes it
+    /// before it binds its ports, so a second gateway is told why rather than "address in use").
+    pub async fn start_locked(
+        config: Config,
+        http: TcpListener,
+        lock: store::lock::DirLock,
+    ) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -177,11 +191,14 @@ impl Gateway {
         ready.broker.store(true, Ordering::Release);
         let resumes =
             feedback::resume::start(resume, store.clone(), feedback.clone(), shutdown.clone());
+        // Every committed transition is told to its device until the very end (`abort`, after
+        // the grace period), so dispatches finishing while the gateway stops are heard. Not
+        // among `tasks`: shutdown waits for those, and this one ends only at `abort`.
+        feedback::changes::start(store.clone(), feedback.clone(), abort.clone());
 
         let (dispatch, dispatch_tasks) = dispatch::start(
             config.clone(),
             store.clone(),
-            feedback.clone(),
             shutdown.clone(),
             abort.clone(),
         )?;
@@ -239,7 +256,7 @@ impl Gateway {
         })
         .await?;
         // Credential changes from here on drop live connections (revoke, rotate).
-        let seen = store.read(store::credentials::last_seq).await?;
+        let seen = store.last_credential_change().await?;
         let evictions = broker::evict::start(
             config.mqtt.clone(),
             store.clone(),
@@ -254,7 +271,7 @@ impl Gateway {
         accounts.admit_devices(true);
         ready.intake.store(true, Ordering::Release);
 
-        let pending = store.read(store::read::outbox).await?;
+        let pending = store.outbox().await?;
         if !pending.is_empty() {
             tracing::info!(requests = pending.len(), "replaying the dispatch outbox");
         }
@@ -272,7 +289,6 @@ impl Gateway {
             .map_err(|e| StartError::Io(e.to_string()))?;
         let app = api::router(api::ApiState {
             store: store.clone(),
-            feedback,
             ready: ready.clone(),
             metrics,
             auth: Arc::new(auth),
@@ -290,7 +306,7 @@ impl Gateway {
             })
         };
 
-        let sampler = telemetry::sampler::start(store.clone(), shutdown.clone());
+        let sampler = store::sampler::start(store.clone(), shutdown.clone());
         telemetry::startup::log(&config, http_addr, &rules_desc);
 
         Ok(Gateway {
@@ -311,6 +327,7 @@ impl Gateway {
                 tasks
             },
             broker: Some((broker_stop, broker_thread)),
+            _lock: lock,
         })
     }
 

@@ -9,7 +9,7 @@
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
 use crate::devices;
-use crate::store::{self, credentials, DeviceRecord, StoreError};
+use crate::store::{self, CredentialChange, DeviceRecord, StoreError};
 use std::io::Write;
 use std::path::Path;
 
@@ -30,26 +30,24 @@ pub enum LifecycleError {
     Io(#[from] std::io::Error),
 }
 
-fn outcome(c: credentials::Change, id: &str) -> Result<(), LifecycleError> {
+fn outcome(c: CredentialChange, id: &str) -> Result<(), LifecycleError> {
     match c {
-        credentials::Change::Done => Ok(()),
-        credentials::Change::NotFound => Err(LifecycleError::NotFound(id.to_owned())),
-        credentials::Change::Revoked => Err(LifecycleError::Revoked(id.to_owned())),
+        CredentialChange::Done => Ok(()),
+        CredentialChange::NotFound => Err(LifecycleError::NotFound(id.to_owned())),
+        CredentialChange::Revoked => Err(LifecycleError::Revoked(id.to_owned())),
     }
 }
 
 /// Revoke `id` in the journal at `db`.
 pub fn revoke(db: &Path, id: &str) -> Result<(), LifecycleError> {
-    let mut c = store::open_rw(db)?;
-    outcome(credentials::revoke(&mut c, id, now_ms())?, id)
+    outcome(store::open_engine(db)?.revoke(id, now_ms())?, id)
 }
 
 /// Give `id` a new secret; returns it (the only time it is seen).
 pub fn rotate(db: &Path, id: &str) -> Result<String, LifecycleError> {
-    let mut c = store::open_rw(db)?;
     let secret = devices::new_secret();
     outcome(
-        credentials::rotate(&mut c, id, &devices::digest(&secret), now_ms())?,
+        store::open_engine(db)?.rotate(id, &devices::digest(&secret), now_ms())?,
         id,
     )?;
     Ok(secret)
@@ -57,8 +55,9 @@ pub fn rotate(db: &Path, id: &str) -> Result<String, LifecycleError> {
 
 /// The registry's row for `id`.
 pub fn show(db: &Path, id: &str) -> Result<DeviceRecord, LifecycleError> {
-    let c = store::open_rw(db)?;
-    store::read::device(&c, id)?.ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    store::open_engine(db)?
+        .device(id)?
+        .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
 }
 
 /// `devices revoke ID`.

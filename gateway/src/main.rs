@@ -415,7 +415,16 @@ fn main() -> ExitCode {
                 Command::Devices(DevicesCmd::Revoke { id }) => {
                     lifecycle::cli_revoke(&cfg, &id, &mut out).map_err(|e| e.to_string())
                 }
-                _ => serve(cfg),
+                _ => match serve(cfg) {
+                    Err(Refused::InUse(e)) => {
+                        // Exit 2: nothing is wrong with this gateway's configuration; another
+                        // one already serves this journal.
+                        eprintln!("yijian-gateway: {e}");
+                        return ExitCode::from(2);
+                    }
+                    Err(Refused::Other(e)) => Err(e),
+                    Ok(()) => Ok(()),
+                },
             },
         },
     };
@@ -428,7 +437,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(cfg: Config) -> Result<(), String> {
+/// Why `serve` did not run.
+enum Refused {
+    /// Another gateway holds the data directory.
+    InUse(String),
+    /// Anything else, as the message to print.
+    Other(String),
+}
+
+impl From<String> for Refused {
+    fn from(e: String) -> Self {
+        Refused::Other(e)
+    }
+}
+
+fn serve(cfg: Config) -> Result<(), Refused> {
+    // First of all: a second gateway on the same journal is told so, before it would fail on
+    // the first gateway's ports.
+    let lock = match yijian_gateway::store::lock::DirLock::acquire(&cfg.store.data_dir) {
+        Ok(l) => l,
+        Err(e @ yijian_gateway::store::StoreError::InUse { .. }) => {
+            return Err(Refused::InUse(e.to_string()))
+        }
+        Err(e) => return Err(Refused::Other(e.to_string())),
+    };
     match yijian_wire::os::raise_fd_limit() {
         Some((soft, hard)) => tracing::info!(
             soft,
@@ -441,12 +473,14 @@ fn serve(cfg: Config) -> Result<(), String> {
         .enable_all()
         .thread_name("yijian")
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        .map_err(|e| Refused::Other(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
         let http = tokio::net::TcpListener::bind(cfg.http.listen)
             .await
             .map_err(|e| format!("cannot listen for HTTP on {}: {e}", cfg.http.listen))?;
-        let gateway = Gateway::start(cfg, http).await.map_err(|e| e.to_string())?;
+        let gateway = Gateway::start_locked(cfg, http, lock)
+            .await
+            .map_err(|e| e.to_string())?;
         reload_on_sighup(gateway.rules.clone());
         gateway.run_until(shutdown_signal()).await;
         Ok(())

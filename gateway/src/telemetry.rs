@@ -187,6 +187,11 @@ fn drain_histograms(handle: PrometheusHandle) {
 fn describe() {
     use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
     c!(
+        CHANGES_LAGGED_TOTAL,
+        Unit::Count,
+        "Changes a change feed subscriber missed and read back from the journal, by subscriber."
+    );
+    c!(
         PRESS_RECEIVED_TOTAL,
         Unit::Count,
         "Valid presses taken in, by gesture and outcome (request, cancel, duplicate, store_error)."
@@ -693,4 +698,18 @@ where
     };
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
+}
+
+/// A subscriber of the journal's change feed fell behind and read what it missed from the
+/// journal (`subscriber`: `feedback`, ...; bounded).
+pub const CHANGES_LAGGED_TOTAL: &str = "yijian_changes_lagged_total";
+
+/// A change feed subscriber lagged by `missed` changes and catches up from the journal.
+pub fn changes_lagged(subscriber: &'static str, missed: u64) {
+    counter!(CHANGES_LAGGED_TOTAL, "subscriber" => subscriber).increment(missed);
+    tracing::warn!(
+        subscriber,
+        missed,
+        "change feed subscriber fell behind; catching up from the journal"
+    );
 }

@@ -8,6 +8,7 @@
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -220,6 +221,59 @@ impl ChildGateway {
         }
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Run the binary once more with this gateway's configuration and `args` (beside a running
+    /// one, say) and wait for it to exit, at most `timeout`: its exit code and what it printed.
+    pub async fn run_again(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<(Option<i32>, String)> {
+        let mut child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.bin.display()))?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("`{}` did not exit within {timeout:?}", args.join(" "));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut text = String::new();
+        for mut pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            pipe.read_to_string(&mut text)?;
+        }
+        Ok((status.code(), text))
+    }
+
     /// Whether the process is still running (it has not exited).
     pub fn is_running(&mut self) -> Result<bool> {
         match self.child.as_mut() {
@@ -340,13 +394,15 @@ impl ChildGateway {
         )?)
     }
 
-    /// Request ids the journal still owes a dispatch (the outbox), read-only.
+    /// The journal through the gateway's own store port (reads; beside a running gateway or
+    /// after it stopped).
+    pub fn engine(&self) -> Result<std::sync::Arc<dyn yijian_gateway::store::Engine>> {
+        Ok(yijian_gateway::store::open_engine(&self.config.db_path())?)
+    }
+
+    /// Request ids the journal still owes a dispatch (the outbox).
     pub fn outbox(&self) -> Result<Vec<String>> {
-        let conn = self.journal()?;
-        Ok(yijian_gateway::store::read::outbox(&conn)?
-            .into_iter()
-            .map(|r| r.id)
-            .collect())
+        Ok(self.engine()?.outbox()?.into_iter().map(|r| r.id).collect())
     }
 }
 

@@ -88,11 +88,7 @@ async fn every_request_has_an_owner(gw: &TestGateway) -> Result<()> {
         );
         ensure!((state == "escalated") == (backend == "desk"), "{r}");
     }
-    let outbox = gw
-        .gw
-        .store
-        .read(yijian_gateway::store::read::outbox)
-        .await?;
+    let outbox = gw.gw.store.outbox().await?;
     let owed: Vec<_> = outbox.iter().map(|r| r.id.as_str()).collect();
     ensure!(
         owed.is_empty(),

@@ -750,7 +750,8 @@ async fn a_device_revoked_while_connected_is_rejected_as_unknown() -> Result<()>
     // for it yet), then unbound from its resident with the CLI, which refreshes the gateway's
     // device cache.
     {
-        let conn = yijian_gateway::store::open_rw(&gw.config.db_path())?;
+        let conn = rusqlite::Connection::open(gw.config.db_path())?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let n = conn.execute(
             "UPDATE devices SET revoked_at = 1 WHERE device_id = 'gone-1'",
             [],

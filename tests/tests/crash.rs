@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use yijian_device_sim::{DeviceConfig, MockBackends, SimDevice};
 use yijian_gateway::config::Config;
-use yijian_gateway::store::read::{list_requests, ListFilter};
+use yijian_gateway::store::ListFilter;
 use yijian_tests::child::ChildGateway;
 use yijian_tests::*;
 use yijian_wire::Feedback;
@@ -220,22 +220,16 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
         let (status, _) = gw.get("/readyz").await?;
         ensure!(status == 200, "the gateway is not ready at the end");
         gw.stop(Duration::from_secs(20)).await?;
-        list_requests(
-            &gw.journal()?,
-            &ListFilter {
-                limit: u32::MAX,
-                ..Default::default()
-            },
-        )?
+        gw.engine()?.requests(&ListFilter {
+            limit: u32::MAX,
+            ..Default::default()
+        })?
     };
     let owed = gw.outbox()?;
     if !owed.is_empty() {
         // What the journal, the backends and the logs know of them.
-        let conn = gw.journal()?;
-        let views: Vec<_> = owed
-            .iter()
-            .map(|id| yijian_gateway::store::read::get_request(&conn, id))
-            .collect();
+        let journal = gw.engine()?;
+        let views: Vec<_> = owed.iter().map(|id| journal.request(id)).collect();
         let hits: Vec<_> = mock
             .hits()
             .into_iter()
@@ -347,11 +341,12 @@ async fn sigkill_twice_under_load_loses_and_doubles_nothing() -> Result<()> {
     );
     let mut created_at = HashMap::new();
     for r in &requests {
+        let press_id = r.press.as_ref().map(|p| p.id.as_str()).unwrap_or("");
         let (device, rid) = sent_presses
-            .get(&r.press.id)
+            .get(press_id)
             .with_context(|| format!("journaled request for unknown press: {r:?}"))?;
         ensure!(
-            *rid == r.request_id && *device == r.device_id,
+            *rid == r.request_id && Some(device) == r.device_id.as_ref(),
             "journal: {r:?} vs device {device} request {rid}"
         );
         ensure!(
@@ -548,5 +543,30 @@ async fn sigterm_finishes_in_flight_work_within_the_grace_and_leaves_the_rest_fo
         "the outbox still owes: {:?}",
         gw.outbox()?
     );
+    Ok(())
+}
+
+/// One gateway per journal: a second `serve` on a data directory a gateway holds exits 2 and
+/// says which process holds it, before it touches the first one's ports or journal; the first
+/// keeps serving; once it has stopped, the directory can be served again (a SIGKILL releases
+/// the lock too: the kernel drops it with the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_data_directory_exits_2_and_names_the_first() -> Result<()> {
+    let mut gw = ChildGateway::new(|_| {})?;
+    gw.start().await?;
+    let pid = gw.pid().context("the first gateway runs")?;
+    let (code, printed) = gw.run_again(&["serve"], Duration::from_secs(20)).await?;
+    let dir = gw.config.store.data_dir.display().to_string();
+    ensure!(code == Some(2), "exit code {code:?}, printed:\n{printed}");
+    let want = format!("data directory {dir} is in use by another gateway (pid {pid})");
+    ensure!(printed.contains(&want), "expected {want:?} in:\n{printed}");
+    let (status, _) = gw.get("/readyz").await?;
+    ensure!(
+        status == 200,
+        "the first gateway is not ready after the refusal"
+    );
+    gw.kill()?;
+    gw.start().await?;
+    gw.stop(Duration::from_secs(20)).await?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use super::AdminError;
 use crate::config::Config;
 use crate::residents::{self, ResidentInfo};
 use crate::rules::{local_minutes_in, Action, AttrValue, PressContext, RuleSet};
-use crate::store;
+
 use jiff::tz::TimeZone;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -65,10 +65,10 @@ pub fn rules_explain(
     let mut device_line = None;
     let mut resident: Option<residents::Resident> = None;
     if args.device.is_some() || args.resident.is_some() {
-        let conn = super::open_existing(cfg)?;
+        let journal = super::open_existing(cfg)?;
         if let Some(d) = &args.device {
             let id = d.clone();
-            let Some(rec) = store::read::device(&conn, &id)? else {
+            let Some(rec) = journal.device(&id)? else {
                 return Err(AdminError(format!("device {d} is not registered")));
             };
             if let Some(p) = &args.profile {
@@ -89,7 +89,7 @@ pub fn rules_explain(
             });
         }
         if let Some(r) = &resident_id {
-            resident = residents::load(&conn, r)?;
+            resident = journal.resident(r)?;
             if resident.is_none() && args.resident.is_some() {
                 return Err(AdminError(format!("resident {r} is not on record")));
             }

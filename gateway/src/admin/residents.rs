@@ -4,10 +4,9 @@
 use super::AdminError;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
-use crate::residents::{self, import, Resident};
+use crate::residents::{import, Resident};
 use crate::rules::AttrValue;
 use crate::store;
-use rusqlite::params;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -28,19 +27,12 @@ pub fn residents_import(cfg: &Config, file: &Path, out: &mut dyn Write) -> Resul
             )));
         }
     };
-    let mut conn = store::open_rw(&cfg.db_path())?;
+    let journal = store::open_engine(&cfg.db_path())?;
     let mut known = 0;
     for r in &list {
-        let exists: bool = conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM residents WHERE resident_id = ?1)",
-                params![r.id],
-                |row| row.get(0),
-            )
-            .map_err(store::StoreError::from)?;
-        known += usize::from(exists);
+        known += usize::from(journal.resident(&r.id)?.is_some());
     }
-    residents::upsert_all(&mut conn, &list, now_ms())?;
+    journal.upsert_residents(&list, now_ms())?;
     writeln!(
         out,
         "imported {} resident(s) from {} ({} new, {} replaced)",
@@ -59,18 +51,12 @@ pub fn residents_show(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let conn = super::open_existing(cfg)?;
-    let Some(r) = residents::load(&conn, id)? else {
+    let journal = super::open_existing(cfg)?;
+    let Some(r) = journal.resident(id)? else {
         return Err(AdminError(format!("resident {id} is not on record")));
     };
-    let devices = residents::devices_of(&conn, id)?;
-    let updated: i64 = conn
-        .query_row(
-            "SELECT updated_at FROM residents WHERE resident_id = ?1",
-            params![id],
-            |row| row.get(0),
-        )
-        .map_err(store::StoreError::from)?;
+    let devices = journal.devices_of(id)?;
+    let updated = journal.resident_updated_at(id)?.unwrap_or(0);
     if json {
         let mut v = serde_json::to_value(&r).expect("residents serialize");
         v["devices"] = serde_json::json!(devices);
@@ -158,8 +144,8 @@ pub fn attributes(attrs: &BTreeMap<String, AttrValue>) -> String {
 
 /// `residents list [--json]`.
 pub fn residents_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), AdminError> {
-    let conn = super::open_existing(cfg)?;
-    let list = residents::list(&conn)?;
+    let journal = super::open_existing(cfg)?;
+    let list = journal.residents()?;
     if json {
         writeln!(out, "{}", serde_json::json!({"residents": list}))?;
         return Ok(());
@@ -177,7 +163,7 @@ pub fn residents_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(
         "RESIDENT", "NAME", "TIME ZONE", "CONTACTS"
     )?;
     for r in list {
-        let devices = residents::devices_of(&conn, &r.id)?;
+        let devices = journal.devices_of(&r.id)?;
         writeln!(
             out,
             "{:<16} {:<24} {:<20} {:<9} {}",
@@ -202,8 +188,7 @@ pub fn devices_bind(
     resident_id: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
-    let mut conn = super::open_existing(cfg)?;
-    residents::bind_device(&mut conn, device_id, resident_id, now_ms())?;
+    super::open_existing(cfg)?.bind_device(device_id, resident_id, now_ms())?;
     match resident_id {
         Some(r) => writeln!(out, "device {device_id} is bound to resident {r}")?,
         None => writeln!(

@@ -3,7 +3,7 @@
 
 use super::{ApiError, ApiState};
 use crate::lifecycle::{self, LifecycleError};
-use crate::store;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -49,7 +49,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn list(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let devices = s.store.read(store::read::devices).await?;
+    let devices = s.store.devices().await?;
     Ok(Json(json!({"devices": devices})))
 }
 

@@ -14,7 +14,7 @@
 
 use crate::config::MqttConfig;
 use crate::devices::Directory;
-use crate::store::{credentials, Store};
+use crate::store::Store;
 use crate::telemetry::security as telemetry;
 use rumqttc::{Event, MqttOptions, Packet};
 use std::collections::HashMap;
@@ -76,7 +76,7 @@ pub fn start(
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(POLL) => {}
             }
-            let entries = match store.read(move |c| credentials::since(c, seen)).await {
+            let entries = match store.credential_changes(seen).await {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the device change log");

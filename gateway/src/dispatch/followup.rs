@@ -10,7 +10,7 @@ use super::http::{self, AttemptResult};
 use super::{backoff, Backend};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::store::followup::{self, Ending, Kind};
+use crate::store::followup::{Ending, Kind};
 use crate::store::{Followup, Store, StoreError};
 use crate::telemetry;
 use bytes::Bytes;
@@ -184,7 +184,7 @@ pub fn start(
     tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            match d.store.read(followup::pending).await {
+            match d.store.pending_followups().await {
                 Ok(list) => {
                     for f in list {
                         let fresh = d

@@ -57,24 +57,30 @@ struct AcceptBody {
     eta_s: Option<u32>,
 }
 
-/// The request body, built once per request and reused by every attempt.
+/// The request body (DESIGN §4), built once per request and reused by every attempt. `press`
+/// is there exactly for a request a press started, as before origins existed, so backends
+/// written for presses keep working; `origin` says what started it.
 pub fn body(req: &Request, resident: serde_json::Value, callback_url: &str) -> Bytes {
-    let v = json!({
+    let press = req.press();
+    let mut v = json!({
         "request_id": req.id,
         "service": req.service,
         "priority": req.priority,
         "tags": req.tags,
         "created_at": rfc3339_ms(req.created_at),
-        "device": {"id": req.device_id, "battery": req.press.battery},
+        "origin": req.origin.to_json(),
+        "device": req.device_id.as_ref().map(|id| json!({"id": id, "battery": press.and_then(|p| p.battery)})),
         "resident": resident,
-        "press": {
-            "id": req.press.id,
-            "button": req.press.button,
-            "gesture": req.press.gesture,
-            "at": rfc3339_ms(req.press.at),
-        },
-        "callback_url": callback_url,
     });
+    if let Some(p) = press {
+        v["press"] = json!({
+            "id": p.id,
+            "button": p.button,
+            "gesture": p.gesture,
+            "at": rfc3339_ms(p.at),
+        });
+    }
+    v["callback_url"] = json!(callback_url);
     Bytes::from(serde_json::to_vec(&v).expect("json values serialize"))
 }
 

@@ -14,9 +14,8 @@ pub mod update;
 
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, DESK};
-use crate::feedback::FeedbackSender;
-use crate::residents::{self, RESIDENT_UNKNOWN_TAG};
-use crate::store::{AttemptRecord, Notice, NotifyContacts, Request, Store, StoreError};
+use crate::residents::RESIDENT_UNKNOWN_TAG;
+use crate::store::{AttemptRecord, NotifyContacts, Request, Store, StoreError};
 use crate::telemetry;
 use breaker::Breaker;
 use http::{AttemptResult, HttpBackend};
@@ -74,7 +73,6 @@ struct Backend {
 
 struct Dispatcher {
     store: Store,
-    feedback: FeedbackSender,
     client: reqwest::Client,
     config: Arc<Config>,
     backends: Arc<HashMap<String, Backend>>,
@@ -116,7 +114,6 @@ enum Ending {
 pub fn start(
     config: Arc<Config>,
     store: Store,
-    feedback: FeedbackSender,
     stop: CancellationToken,
     abort: CancellationToken,
 ) -> Result<(DispatchHandle, Vec<tokio::task::JoinHandle<()>>), ConfigError> {
@@ -199,7 +196,6 @@ pub fn start(
     );
     let d = Arc::new(Dispatcher {
         store,
-        feedback,
         client,
         config,
         backends,
@@ -218,7 +214,12 @@ pub fn start(
                 p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             };
             let d = d.clone();
-            let span = telemetry::request_span(&req.id, &req.device_id, &req.press.id, req.service);
+            let span = telemetry::request_span(
+                &req.id,
+                req.device_id.as_deref().unwrap_or(""),
+                req.press().map_or("", |p| p.id.as_str()),
+                req.service,
+            );
             tasks.spawn(
                 async move {
                     d.run(req).await;
@@ -264,32 +265,33 @@ impl Dispatcher {
                 eta_s,
             } => {
                 let at = now_ms();
-                let notice = self
+                let applied = self
                     .journal(|| {
                         self.store
                             .dispatched(&req.id, &backend, reference.clone(), eta_s, at)
                     })
                     .await;
-                if let Some(notice) = notice {
-                    if let Some(secs) = telemetry::since_press(req.press.at, at) {
+                // The device hears `dispatched` from the change feed (feedback::changes).
+                if applied {
+                    let since = req.press().map_or(req.created_at, |p| p.at);
+                    if let Some(secs) = telemetry::since_press(since, at) {
                         telemetry::press_to_dispatched(req.service, secs);
                     }
                     tracing::debug!(backend = %backend, "request dispatched");
-                    self.feedback.notify(&notice).await;
                 }
             }
             Ending::Escalated(why) => {
                 let contacts = self.contacts_policy(&req);
-                let notice = self
+                let applied = self
                     .journal(|| {
                         self.store
                             .escalated(&req.id, why, contacts.clone(), now_ms())
                     })
                     .await;
-                if let Some(notice) = notice {
+                // The device hears `escalated` from the change feed.
+                if applied {
                     telemetry::escalation(req.service, why);
                     tracing::warn!(reason = why, "request escalated to the desk");
-                    self.feedback.notify(&notice).await;
                 }
             }
             Ending::Abandoned => {}
@@ -298,19 +300,19 @@ impl Dispatcher {
 
     /// Write an outcome, retrying while the journal is down: the backend already has the
     /// request, so giving up here would leave it owned by nobody in the journal's eyes.
-    async fn journal<F, Fut>(&self, mut write: F) -> Option<Notice>
+    async fn journal<F, Fut>(&self, mut write: F) -> bool
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Option<Notice>, StoreError>>,
+        Fut: std::future::Future<Output = Result<bool, StoreError>>,
     {
         loop {
             match write().await {
-                Ok(n) => return n,
-                Err(StoreError::Closed) => return None,
+                Ok(applied) => return applied,
+                Err(StoreError::Closed) => return false,
                 Err(e) => {
                     tracing::warn!(error = %e, "dispatch outcome not journaled yet; retrying");
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return None,
+                        _ = self.shutdown.cancelled() => return false,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 }
@@ -325,7 +327,7 @@ impl Dispatcher {
         let Some(id) = req.resident_id.clone() else {
             return serde_json::Value::Null;
         };
-        match self.store.read(move |c| residents::load(c, &id)).await {
+        match self.store.resident(&id).await {
             Ok(Some(r)) => r.backend_block(),
             Ok(None) => {
                 if !req.tags.iter().any(|t| t == RESIDENT_UNKNOWN_TAG) {

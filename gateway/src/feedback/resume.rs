@@ -24,7 +24,7 @@
 
 use super::FeedbackSender;
 use crate::clock::now_ms;
-use crate::store::{read, Store};
+use crate::store::Store;
 use crate::telemetry;
 use rumqttd::Subscription;
 use std::collections::HashSet;
@@ -131,19 +131,7 @@ pub fn start(
                 }
                 let now = now_ms();
                 let found = store
-                    .read(move |c| {
-                        let mut all = Vec::new();
-                        for d in &devices {
-                            all.extend(read::current_notices(
-                                c,
-                                d,
-                                now - MAX_AGE_MS,
-                                now - ENDED_WITHIN_MS,
-                                LIMIT,
-                            )?);
-                        }
-                        Ok(all)
-                    })
+                    .recent_for_devices(devices, now - MAX_AGE_MS, now - ENDED_WITHIN_MS, LIMIT)
                     .await;
                 match found {
                     Ok(notices) => {

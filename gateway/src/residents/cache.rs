@@ -76,8 +76,7 @@ impl Residents {
         {
             return hit.clone();
         }
-        let owned = id.to_owned();
-        match self.store.read_now(move |c| super::load(c, &owned)) {
+        match self.store.engine().resident(id) {
             Ok(r) => {
                 let info = r.as_ref().map(|r| Arc::new(ResidentInfo::from(r)));
                 self.cache
@@ -118,13 +117,13 @@ pub fn watch(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut seen = residents.store.read(super::version).await.ok();
+        let mut seen = residents.store.residents_version().await.ok();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(every) => {}
             }
-            match residents.store.read(super::version).await {
+            match residents.store.residents_version().await {
                 Ok(v) if Some(v) != seen => {
                     seen = Some(v);
                     residents.clear();

@@ -72,13 +72,7 @@ pub struct PressContext<'a> {
 }
 
 /// A resident attribute value, as stored with the resident and written in rules.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum AttrValue {
-    Bool(bool),
-    Int(i64),
-    Text(String),
-}
+pub use crate::store::AttrValue;
 
 /// What to do with a press, and which rule said so.
 #[derive(Clone, Debug, PartialEq)]

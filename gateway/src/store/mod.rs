@@ -1,97 +1,84 @@
-//! Stage 4 of the path — the journal: presses, requests and their history, the dispatch
-//! outbox, devices. SQLite in WAL mode with `synchronous=FULL`, written by one thread with
-//! group commit ([`writer`]), read through a small pool of read-only connections ([`read`]).
+//! Stage 4 of the path — the journal, as a port: presses, requests and their history, the
+//! dispatch outbox, follow-ups, devices and residents. The rest of the gateway speaks to it
+//! only through [`Store`]: typed reads, the [`Command`] write protocol, and the change feed.
 //!
-//! Intake hands it a [`PressEntry`]; it answers with a [`PressOutcome`] only after the commit,
-//! and the [`Request`] inside goes on to dispatch.
+//! ```text
+//!   intake ── Press ──▶ ┌───────── Store ─────────┐ ──▶ PressOutcome (after the commit)
+//! dispatch ── Dispatched/Escalated/Attempt ──▶    │
+//!      api ── Operator/Callback ──▶   writer ── commit ──▶ change feed ──▶ feedback, console
+//!  CLI/API ── registry writes ──▶ engine (sqlite/)│
+//!                                 └───────────────┘
+//! ```
+//!
+//! Files: [`model`] and [`records`] (the owned types), [`views`] (what the API shows),
+//! [`command`] (the write protocol), [`lifecycle`] (the request lifecycle, pure), [`changes`]
+//! (the change feed), [`engine`] (what an engine implements), [`followup`] and [`stages`] (pure
+//! parts of follow-ups and latency breakdowns), [`lock`] (one gateway per data directory),
+//! [`sampler`] (the journal's gauges), `sqlite/` (the engine: the only place that names SQL).
 
-mod cancel;
-pub mod credentials;
+pub mod changes;
+pub mod command;
+pub mod engine;
+pub mod error;
 pub mod followup;
+pub mod lifecycle;
+pub mod lock;
 pub mod model;
-pub mod read;
-mod schema;
+pub mod records;
+pub mod sampler;
 pub mod stages;
-mod writer;
+pub mod views;
 
-pub use cancel::FLAGGED_REASON;
+mod sqlite;
+
+pub use changes::{Change, ChangeStream, Changes};
+pub use command::{OperatorAction, Transition};
+pub use engine::Engine;
+pub use error::StoreError;
 pub use followup::{Followup, NotifyContacts};
 pub use model::*;
-pub use read::{EventView, ListFilter, PressView, RequestView};
-pub use writer::{OperatorAction, Transition};
+pub use records::*;
+pub use views::{EventView, ListFilter, PressView, RequestView};
 
-use rusqlite::Connection;
-use std::path::{Path, PathBuf};
+use command::{Command, WriterState};
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-use writer::{Command, Writer, WriterState};
 
-/// Journal errors.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite said no.
-    #[error("database: {0}")]
-    Db(String),
-    /// The journal cannot be written (disk full, read-only, injected failure).
-    #[error("journal unavailable: {0}")]
-    Unavailable(String),
-    /// A row holds something this build does not understand.
-    #[error("journal holds an unexpected value: {0}")]
-    Corrupt(String),
-    /// The writer thread is gone (shutting down).
-    #[error("the journal writer has stopped")]
-    Closed,
-    /// Setting up the data directory failed.
-    #[error("{0}")]
-    Setup(String),
-}
+/// What the device hears when its cancel press was flagged instead of obeyed.
+pub const FLAGGED_REASON: &str =
+    "help is already on its way, so the request stays open: an operator will call you to confirm the cancellation";
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(e.to_string())
-    }
+/// Open the journal's engine at `path` for reads and registry writes only (the CLI, beside a
+/// running gateway or not): no writer thread, no change feed.
+pub fn open_engine(path: &Path) -> Result<Arc<dyn Engine>, StoreError> {
+    Ok(Arc::new(sqlite::open(path)?))
 }
 
 /// Handle to the journal; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Command>,
-    reads: Arc<ReadPool>,
+    engine: Arc<dyn Engine>,
     state: Arc<WriterState>,
+    changes: Changes,
 }
 
 impl Store {
-    /// Open (creating if needed) the journal at `path`, start the writer thread.
+    /// Open (creating if needed) the journal at `path` and start its writer.
     pub fn open(path: &Path, max_batch: usize) -> Result<Store, StoreError> {
-        let conn = open_rw(path)?;
+        let engine = sqlite::open(path)?;
         let state = Arc::new(WriterState::default());
         state.healthy.store(true, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(max_batch * 4);
-        // Checkpoints run on their own thread (below), so a commit never waits for the WAL to
-        // be copied into the database file; the writer checkpoints itself only as a safety
-        // net if the WAL grows past ~32 MB.
-        conn.pragma_update(None, "wal_autocheckpoint", 8000)?;
-        let writer = Writer::new(conn, rx, max_batch, state.clone())?;
-        let checkpoints = open_rw(path)?;
-        let (writer_done, done) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("yijian-journal".into())
-            .spawn(move || {
-                writer.run();
-                drop(writer_done);
-            })
-            .map_err(|e| StoreError::Setup(format!("cannot start the journal writer: {e}")))?;
-        std::thread::Builder::new()
-            .name("yijian-checkpoint".into())
-            .spawn(move || checkpoint_until(checkpoints, done))
-            .map_err(|e| {
-                StoreError::Setup(format!("cannot start the journal checkpointer: {e}"))
-            })?;
+        let changes = Changes::default();
+        sqlite::start_writer(path, rx, max_batch, state.clone(), changes.clone())?;
         Ok(Store {
             tx,
-            reads: Arc::new(ReadPool::new(path.to_owned())),
+            engine: Arc::new(engine),
             state,
+            changes,
         })
     }
 
@@ -106,6 +93,14 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Subscribe to the change feed: every request transition committed from now on, in order
+    /// (`name` labels the lag metric).
+    pub fn changes(&self, name: &'static str) -> ChangeStream {
+        ChangeStream::new(self.clone(), &self.changes, name)
+    }
+
+    // --- writes (the Command protocol) ---
 
     /// Queue a press for the journal and return a receiver that resolves after the commit.
     /// Splitting submit from wait lets intake keep reading while a batch commits.
@@ -126,6 +121,12 @@ impl Store {
         self.call(|reply| Command::Press(entry, reply)).await
     }
 
+    /// Open a request that no press started (supervision, an operator) and wait for the
+    /// commit; it is then in the outbox, to be handed to dispatch.
+    pub async fn open_request(&self, request: NewRequest) -> Result<Request, StoreError> {
+        self.call(|reply| Command::Open(request, reply)).await
+    }
+
     /// Record a dispatch attempt (no wait: it rides the next batch).
     pub async fn attempt(&self, a: AttemptRecord) {
         let _ = self.tx.send(Command::Attempt(a)).await;
@@ -133,7 +134,7 @@ impl Store {
 
     /// The `received` feedback of a new request went out at `at`; `journaled_at` is when its
     /// commit finished. Fire and forget: it rides the next batch, and when the journal's queue
-    /// is full it is dropped rather than make intake wait (it is a measurement, not a fact the
+    /// is full it is dropped rather than make anyone wait (it is a measurement, not a fact the
     /// gateway acts on).
     pub fn received_sent(&self, request_id: &str, journaled_at: Option<i64>, at: i64) {
         let cmd = Command::ReceivedSent {
@@ -149,7 +150,7 @@ impl Store {
         }
     }
 
-    /// A backend accepted the request. `None` when it was cancelled or closed meanwhile.
+    /// A backend accepted the request. `false` when it was cancelled or closed meanwhile.
     pub async fn dispatched(
         &self,
         request_id: &str,
@@ -157,7 +158,7 @@ impl Store {
         reference: Option<String>,
         eta_s: Option<u32>,
         at: i64,
-    ) -> Result<Option<Notice>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let (request_id, backend) = (request_id.to_owned(), backend.to_owned());
         self.call(|reply| Command::Dispatched {
             request_id,
@@ -171,14 +172,14 @@ impl Store {
     }
 
     /// Hand the request to the desk, and queue its contacts' notifications as `contacts`
-    /// says. `None` when it is no longer waiting for dispatch.
+    /// says. `false` when it is no longer waiting for dispatch.
     pub async fn escalated(
         &self,
         request_id: &str,
         reason: &'static str,
         contacts: NotifyContacts,
         at: i64,
-    ) -> Result<Option<Notice>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let request_id = request_id.to_owned();
         self.call(|reply| Command::Escalated {
             request_id,
@@ -245,6 +246,7 @@ impl Store {
 
     /// A backend reports progress. With `caller` set, the request must have been dispatched
     /// to that backend ([`Transition::Forbidden`] otherwise), checked in the same transaction.
+    #[allow(clippy::too_many_arguments)]
     pub async fn callback(
         &self,
         request_id: &str,
@@ -295,114 +297,90 @@ impl Store {
         self.state.fail_commits.store(on, Ordering::Relaxed);
     }
 
-    /// Run `f` on a read-only connection, off the async runtime.
-    pub async fn read<T: Send + 'static>(
+    // --- reads ---
+
+    /// The engine, for reads and registry writes done in place (short point lookups on the
+    /// calling thread; the async methods below run the rest off the runtime).
+    pub fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
+    }
+
+    async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn Engine) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let reads = self.reads.clone();
-        tokio::task::spawn_blocking(move || reads.with(f))
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || f(engine.as_ref()))
             .await
-            .map_err(|e| StoreError::Db(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Db(Arc::new(e)))?
     }
 
-    /// Run `f` on a read-only connection, on the calling thread (for short point lookups).
-    pub fn read_now<T>(
+    /// Requests matching `filter`, newest first.
+    pub async fn requests(&self, filter: ListFilter) -> Result<Vec<RequestView>, StoreError> {
+        self.blocking(move |e| e.requests(&filter)).await
+    }
+
+    /// One request with its history.
+    pub async fn request(&self, request_id: &str) -> Result<Option<RequestView>, StoreError> {
+        let id = request_id.to_owned();
+        self.blocking(move |e| e.request(&id)).await
+    }
+
+    /// Every request still owed a dispatch, oldest first.
+    pub async fn outbox(&self) -> Result<Vec<Request>, StoreError> {
+        self.blocking(|e| e.outbox()).await
+    }
+
+    /// Creation time of the oldest request waiting at the desk, epoch ms.
+    pub async fn oldest_escalated(&self) -> Result<Option<i64>, StoreError> {
+        self.blocking(|e| e.oldest_escalated()).await
+    }
+
+    /// Where each device's recent requests stand (see [`Engine::recent_for_devices`]).
+    pub async fn recent_for_devices(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.reads.with(f)
-    }
-}
-
-/// Bytes of heap SQLite holds now, over every connection of the process.
-pub fn memory_used() -> i64 {
-    // SAFETY: sqlite3_memory_used takes no arguments and only reads SQLite's own counter
-    // (thread-safe in the bundled build's default serialized mode).
-    unsafe { rusqlite::ffi::sqlite3_memory_used() }
-}
-
-/// Copy committed WAL frames into the database file every 250 ms (a PASSIVE checkpoint: it
-/// never blocks the writer), until the writer stops. Before this ran on its own thread the
-/// writer checkpointed every 1,000 pages inside a commit, and every press in that batch
-/// waited for the copy and its fsync.
-fn checkpoint_until(conn: Connection, writer_done: std::sync::mpsc::Receiver<()>) {
-    use std::sync::mpsc::RecvTimeoutError;
-    loop {
-        let stop = matches!(
-            writer_done.recv_timeout(std::time::Duration::from_millis(250)),
-            Err(RecvTimeoutError::Disconnected)
-        );
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "journal checkpoint failed; the WAL grows until one succeeds");
-        }
-        if stop {
-            return;
-        }
-    }
-}
-
-/// Open a read-write connection with the journal's settings and current schema. The CLI uses
-/// this too, beside a running gateway: WAL lets both work on the same file.
-pub fn open_rw(path: &Path) -> Result<Connection, StoreError> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Setup(format!(
-                    "cannot create data directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
-    }
-    let conn = Connection::open(path)
-        .map_err(|e| StoreError::Setup(format!("cannot open journal {}: {e}", path.display())))?;
-    schema::configure(&conn)?;
-    schema::migrate(&conn)?;
-    Ok(conn)
-}
-
-/// A few read-only connections, reused.
-struct ReadPool {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-}
-
-impl ReadPool {
-    fn new(path: PathBuf) -> Self {
-        ReadPool {
-            path,
-            idle: Mutex::new(Vec::new()),
-        }
+        device_ids: Vec<String>,
+        created_since: i64,
+        ended_since: i64,
+        limit: u32,
+    ) -> Result<Vec<Notice>, StoreError> {
+        self.blocking(move |e| e.recent_for_devices(&device_ids, created_since, ended_since, limit))
+            .await
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let conn = self
-            .idle
-            .lock()
-            .expect("read pool lock is never poisoned")
-            .pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                c.busy_timeout(std::time::Duration::from_secs(5))?;
-                c.set_prepared_statement_cache_capacity(32);
-                c
-            }
-        };
-        let r = f(&conn);
-        let mut idle = self.idle.lock().expect("read pool lock is never poisoned");
-        if idle.len() < 8 {
-            idle.push(conn);
-        }
-        r
+    /// The change feed's transitions after `seq` (a lagging subscriber's catch-up).
+    pub async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        self.blocking(move |e| e.changes_since(seq, limit)).await
+    }
+
+    /// Every follow-up still pending, oldest first.
+    pub async fn pending_followups(&self) -> Result<Vec<Followup>, StoreError> {
+        self.blocking(|e| e.pending_followups()).await
+    }
+
+    /// Every device, by id.
+    pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.blocking(|e| e.devices()).await
+    }
+
+    /// One resident.
+    pub async fn resident(&self, resident_id: &str) -> Result<Option<Resident>, StoreError> {
+        let id = resident_id.to_owned();
+        self.blocking(move |e| e.resident(&id)).await
+    }
+
+    /// The residents' change stamp.
+    pub async fn residents_version(&self) -> Result<i64, StoreError> {
+        self.blocking(|e| e.residents_version()).await
+    }
+
+    /// Credential changes after `seq`, oldest first.
+    pub async fn credential_changes(&self, since: i64) -> Result<Vec<CredentialEntry>, StoreError> {
+        self.blocking(move |e| e.credential_changes(since)).await
+    }
+
+    /// The credential log's newest position.
+    pub async fn last_credential_change(&self) -> Result<i64, StoreError> {
+        self.blocking(|e| e.last_credential_change()).await
     }
 }

@@ -133,6 +133,67 @@ pub struct PressEntry {
     /// this many milliseconds, instead of opening a second one (flood control: a stuck button
     /// must not book ten taxis). 0 turns it off.
     pub attach_window_ms: i64,
+    /// When intake took the press off the wire, for the intake → received latency.
+    pub intake_started: Option<std::time::Instant>,
+}
+
+/// Where a request came from (DESIGN §3): the lifecycle is the same for all three.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// A device's press.
+    Press(Press),
+    /// The gateway noticed a device or resident (`offline`, `battery_low`, `missed_checkin`,
+    /// `mass_offline`, ...): the request names the device and resident it is about.
+    Supervision {
+        /// Why, in one bounded word.
+        reason: String,
+    },
+    /// Created by hand at the desk (a resident who phoned).
+    Operator {
+        /// The operator's name.
+        name: String,
+    },
+}
+
+impl Origin {
+    /// `press`, `supervision` or `operator`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Origin::Press(_) => "press",
+            Origin::Supervision { .. } => "supervision",
+            Origin::Operator { .. } => "operator",
+        }
+    }
+
+    /// The backend body's `origin` block (DESIGN §4).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Origin::Press(_) => serde_json::json!({"kind": "press"}),
+            Origin::Supervision { reason } => {
+                serde_json::json!({"kind": "supervision", "reason": reason})
+            }
+            Origin::Operator { name } => serde_json::json!({"kind": "operator", "operator": name}),
+        }
+    }
+
+    /// Read back what [`Origin::to_json`] wrote for a request no press started.
+    pub fn from_json(v: &serde_json::Value) -> Result<Origin, String> {
+        let text = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("origin {v} has no {k}"))
+        };
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("supervision") => Ok(Origin::Supervision {
+                reason: text("reason")?,
+            }),
+            Some("operator") => Ok(Origin::Operator {
+                name: text("operator")?,
+            }),
+            _ => Err(format!("origin {v} is not supervision or operator")),
+        }
+    }
 }
 
 /// A request as dispatch needs it: everything for the backend body.
@@ -146,10 +207,11 @@ pub struct Request {
     pub priority: Priority,
     /// Hints for the backend.
     pub tags: Vec<String>,
-    /// The device that pressed.
-    pub device_id: String,
-    /// The press that created it.
-    pub press: Press,
+    /// The device it is about: the one that pressed, or the one supervision noticed. `None`
+    /// for a request about a resident alone (an operator's, a missed check-in without device).
+    pub device_id: Option<String>,
+    /// What started it; a press request carries its press.
+    pub origin: Origin,
     /// The resident bound to the device, if any.
     pub resident_id: Option<String>,
     /// Gateway clock at intake, epoch ms.
@@ -159,6 +221,35 @@ pub struct Request {
     /// When the journal's commit of the press finished, epoch ms; `None` when the request was
     /// replayed from the outbox. Recorded with the `received` stage (see `Store::received_sent`).
     pub journaled_at: Option<i64>,
+}
+
+impl Request {
+    /// The press that started it, for a press request.
+    pub fn press(&self) -> Option<&Press> {
+        match &self.origin {
+            Origin::Press(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// A request no press started, on its way into the journal.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    /// What is asked for.
+    pub service: Service,
+    /// How urgent.
+    pub priority: Priority,
+    /// Hints for the backend.
+    pub tags: Vec<String>,
+    /// Supervision or operator (a press goes through [`PressEntry`]).
+    pub origin: Origin,
+    /// The device it is about, if any.
+    pub device_id: Option<String>,
+    /// The resident it is about, if any.
+    pub resident_id: Option<String>,
+    /// Gateway clock, epoch ms: becomes `created_at`.
+    pub at: i64,
 }
 
 /// The journal's answer to a press.
@@ -210,8 +301,9 @@ pub struct RequestUpdate {
 pub struct Notice {
     /// The device to tell.
     pub device_id: String,
-    /// The press the feedback answers.
-    pub press_id: String,
+    /// The press the feedback answers; `None` for a request no press started that names the
+    /// device (supervision).
+    pub press_id: Option<String>,
     /// The request, if the press became one.
     pub request_id: Option<String>,
     /// Its service.
@@ -230,7 +322,7 @@ impl Notice {
     /// As a feedback message stamped with `at`.
     pub fn feedback(&self, at: i64) -> yijian_wire::Feedback {
         yijian_wire::Feedback {
-            press: Some(self.press_id.clone()),
+            press: self.press_id.clone(),
             request: self.request_id.clone(),
             service: self.service,
             state: self.state,
@@ -257,26 +349,4 @@ pub struct AttemptRecord {
     pub started_at: i64,
     /// How long it took.
     pub elapsed_ms: u64,
-}
-
-/// A registered device.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceRecord {
-    /// The id, equal to its MQTT client id and username.
-    pub device_id: String,
-    /// SHA-256 of the secret.
-    #[serde(skip)]
-    pub secret_sha256: Vec<u8>,
-    /// The device model's profile (how many buttons).
-    pub profile: String,
-    /// The resident it belongs to.
-    pub resident_id: Option<String>,
-    /// Registration time, epoch ms.
-    pub created_at: i64,
-    /// When it was revoked, if it was.
-    pub revoked_at: Option<i64>,
-    /// Last time a status arrived, epoch ms.
-    pub last_seen_at: Option<i64>,
-    /// Whether the latest status said online.
-    pub online: Option<bool>,
 }

@@ -1,20 +1,9 @@
-//! Gauges sampled from the journal on a timer, for what no single event can tell: how long the
-//! oldest escalated request has been waiting for an operator. An alert on that age fires while
-//! a request is still unanswered, not after someone finally takes it. And memory: what SQLite
-//! holds, and — when the binary registered a [`HeapProbe`] for its allocator — what the whole
-//! heap holds live against what the allocator keeps resident, so a soak (or an operator) can
-//! tell a leak from caches filling and from allocator retention.
+//! The heap probe: the binary chooses the allocator and registers how to read its statistics;
+//! the journal's sampler (`store::sampler`) calls [`sample_heap`] on its timer, so the gauges
+//! `yijian_heap_allocated_bytes` and `yijian_heap_resident_bytes` tell a leak from caches
+//! filling and from allocator retention.
 
-use crate::clock::now_ms;
-use crate::store::{self, Store};
 use std::sync::OnceLock;
-use std::time::Duration;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-/// How often the journal is sampled. Small against the 60 s answer target; the query reads
-/// one row of the `(state, created_at)` index.
-pub const INTERVAL: Duration = Duration::from_secs(2);
 
 /// Reads the allocator's statistics: `(allocated, resident)` bytes. The library does not choose
 /// the allocator; the binary does, and registers this for it.
@@ -27,44 +16,9 @@ pub fn set_heap_probe(probe: HeapProbe) {
     let _ = HEAP_PROBE.set(probe);
 }
 
-/// Sample every [`INTERVAL`] until `shutdown`.
-pub fn start(store: Store, shutdown: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            super::store_memory(store::memory_used());
-            if let Some((allocated, resident)) = HEAP_PROBE.get().and_then(|probe| probe()) {
-                super::heap(allocated, resident);
-            }
-            match store.read(store::read::oldest_escalated).await {
-                Ok(oldest) => super::desk_oldest_waiting(waiting_secs(oldest, now_ms())),
-                // The journal's own errors are counted and logged where they happen.
-                Err(e) => tracing::debug!(error = %e, "desk sample failed"),
-            }
-        }
-    })
-}
-
-/// Seconds the oldest escalated request (created at `oldest_ms`) has waited by `now`.
-fn waiting_secs(oldest_ms: Option<i64>, now: i64) -> f64 {
-    oldest_ms
-        .map(|t| (now - t).max(0) as f64 / 1000.0)
-        .unwrap_or(0.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nothing_waiting_is_zero_and_ages_never_go_negative() {
-        assert_eq!(waiting_secs(None, 10_000), 0.0);
-        assert_eq!(waiting_secs(Some(4_000), 10_000), 6.0);
-        assert_eq!(waiting_secs(Some(12_000), 10_000), 0.0);
+/// Set the heap gauges from the probe, when one is registered.
+pub fn sample_heap() {
+    if let Some((allocated, resident)) = HEAP_PROBE.get().and_then(|probe| probe()) {
+        super::heap(allocated, resident);
     }
 }

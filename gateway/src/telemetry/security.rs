@@ -49,7 +49,7 @@ pub fn flood_disconnect(client_id: &str) {
 
 /// A device's live connection was dropped after a credential change.
 pub fn eviction(change: &str, device_id: &str) {
-    let change = if change == crate::store::credentials::REVOKED {
+    let change = if change == "revoked" {
         "revoked"
     } else {
         "rotated"

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use std::time::Duration;
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const VERSION: i64 = 3;
+pub(super) const VERSION: i64 = 4;
 
 const V1: &str = r#"
 CREATE TABLE IF NOT EXISTS devices (
@@ -127,8 +127,48 @@ CREATE TABLE IF NOT EXISTS device_changes (
 );
 "#;
 
+/// Version 4: a request need not come from a press. `device_id` and `press_id` become nullable
+/// (a request about a resident alone; supervision and operators start requests without a
+/// press) and `origin` holds the origin of every request no press started (NULL: a press).
+/// SQLite cannot drop NOT NULL in place, so the table is rebuilt with its rows and indexes.
+const V4: &str = r#"
+CREATE TABLE requests_v4 (
+    request_id     TEXT PRIMARY KEY,
+    device_id      TEXT,
+    press_id       TEXT,
+    service        TEXT NOT NULL,
+    priority       TEXT NOT NULL,
+    tags           TEXT NOT NULL DEFAULT '[]',
+    state          TEXT NOT NULL,
+    rule           TEXT NOT NULL,
+    resident_id    TEXT,
+    backend        TEXT,
+    backend_ref    TEXT,
+    eta_s          INTEGER,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    dispatched_at  INTEGER,
+    escalated_at   INTEGER,
+    acked_at       INTEGER,
+    closed_at      INTEGER,
+    cancel_requested_at INTEGER,
+    origin         TEXT
+) WITHOUT ROWID;
+INSERT INTO requests_v4 (request_id, device_id, press_id, service, priority, tags, state, rule,
+    resident_id, backend, backend_ref, eta_s, created_at, updated_at, dispatched_at, escalated_at,
+    acked_at, closed_at, cancel_requested_at)
+SELECT request_id, device_id, press_id, service, priority, tags, state, rule,
+    resident_id, backend, backend_ref, eta_s, created_at, updated_at, dispatched_at, escalated_at,
+    acked_at, closed_at, cancel_requested_at FROM requests;
+DROP TABLE requests;
+ALTER TABLE requests_v4 RENAME TO requests;
+CREATE INDEX requests_by_created ON requests (created_at);
+CREATE INDEX requests_by_state ON requests (state, created_at);
+CREATE INDEX requests_by_device ON requests (device_id, created_at);
+"#;
+
 /// Settings every connection gets.
-pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(64);
     // WAL survives restarts (it is persistent in the file), synchronous=FULL makes every commit
@@ -146,8 +186,20 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn upgrade(conn: &Connection, to: i64, sql: &str) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if now < to {
+        if let Err(e) = conn.execute_batch(&format!("{sql} PRAGMA user_version = {to};")) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    conn.execute_batch("COMMIT")
+}
+
 /// Create or upgrade the schema.
-pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > VERSION {
         return Err(rusqlite::Error::InvalidParameterName(format!(
@@ -157,30 +209,66 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if version < 1 {
         conn.execute_batch(&format!("BEGIN; {V1} PRAGMA user_version = 1; COMMIT;"))?;
     }
-    if version < 2 {
-        // BEGIN IMMEDIATE: the CLI and a gateway may open an old journal at the same moment;
-        // the loser waits, then sees version 2 and does nothing.
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if now < 2 {
-            if let Err(e) = conn.execute_batch(&format!("{V2} PRAGMA user_version = 2;")) {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
+    // BEGIN IMMEDIATE: the CLI and a gateway may open an old journal at the same moment; the
+    // loser waits, then sees the new version and does nothing.
+    for (v, sql) in [(2, V2), (3, V3), (4, V4)] {
+        if version < v {
+            upgrade(conn, v, sql)?;
         }
-        conn.execute_batch("COMMIT")?;
-    }
-    if version < 3 {
-        // As for version 2: whoever opens an old journal first upgrades it, the other waits.
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if now < 3 {
-            if let Err(e) = conn.execute_batch(&format!("{V3} PRAGMA user_version = 3;")) {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        }
-        conn.execute_batch("COMMIT")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_4_keeps_every_request_and_lets_one_have_no_press() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = Connection::open(dir.path().join("j.db")).expect("open");
+        configure(&conn).expect("settings");
+        // A journal as version 3 left it, with a request in it.
+        conn.execute_batch(&format!(
+            "BEGIN; {V1} {V2} {V3} PRAGMA user_version = 3; COMMIT;"
+        ))
+        .expect("version 3");
+        conn.execute_batch(
+            "INSERT INTO requests (request_id, device_id, press_id, service, priority, state, rule, created_at, updated_at, cancel_requested_at)
+             VALUES ('rq_1', 'd-1', 'p-1', 'rescue', 'emergency', 'escalated', 'r', 10, 20, 15);",
+        )
+        .expect("a version 3 request");
+        migrate(&conn).expect("upgrade");
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        let row: (String, String, String, i64, Option<String>) = conn
+            .query_row(
+                "SELECT device_id, press_id, state, cancel_requested_at, origin FROM requests WHERE request_id = 'rq_1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .expect("the request survived");
+        assert_eq!(
+            row,
+            ("d-1".into(), "p-1".into(), "escalated".into(), 15, None)
+        );
+        conn.execute(
+            "INSERT INTO requests (request_id, service, priority, state, rule, created_at, updated_at, origin)
+             VALUES ('rq_2', 'welfare_check', 'urgent', 'received', 'supervision', 30, 30, '{\"kind\":\"supervision\",\"reason\":\"offline\"}')",
+            [],
+        )
+        .expect("a request without device or press");
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests' AND name LIKE 'requests_by_%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 3, "the indexes are rebuilt");
+        // Opening it again changes nothing.
+        migrate(&conn).expect("idempotent");
+    }
 }

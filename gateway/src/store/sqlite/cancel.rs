@@ -1,20 +1,19 @@
 //! The cancel gesture, inside the journal's transaction: the device's most recent open request
 //! inside the cancel window is cancelled — and the backend that accepted it is owed a
 //! cancellation ([`super::followup`]) — except a rescue already on its way, which is never
-//! called off by a button alone: it is flagged for an operator to confirm by phone.
+//! called off by a button alone: it is flagged for an operator to confirm by phone
+//! ([`lifecycle::cancel_press`] decides).
 
 use super::followup;
-use super::model::*;
-use super::writer::{event, nothing_to_cancel};
-use super::StoreError;
-use crate::config::DESK;
+use super::requests::{event, nothing_to_cancel, Effects};
+use crate::store::changes::Change;
+use crate::store::error::StoreError;
+use crate::store::lifecycle::{self, CancelPress};
+use crate::store::model::*;
+use crate::store::FLAGGED_REASON;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use yijian_wire::{FeedbackState, Service};
-
-/// What the device hears when its cancel press was flagged instead of obeyed.
-pub const FLAGGED_REASON: &str =
-    "help is already on its way, so the request stays open: an operator will call you to confirm the cancellation";
 
 /// The open request a cancel press is about.
 struct Target {
@@ -26,17 +25,12 @@ struct Target {
     eta_s: Option<u32>,
 }
 
-/// Whether a resident's cancel press must not end this request by itself.
-fn needs_confirmation(service: Service, state: RequestState) -> bool {
-    service == Service::Rescue && matches!(state, RequestState::EnRoute | RequestState::Arrived)
-}
-
 /// The cancel branch of a journaled press (its row in `presses` is already written).
 pub(super) fn press(
     c: &Connection,
     e: &PressEntry,
     window_ms: i64,
-    deltas: &mut Vec<(Service, Option<RequestState>, Option<RequestState>)>,
+    fx: &mut Effects,
 ) -> Result<PressOutcome, StoreError> {
     let p = &e.press;
     let target = c
@@ -45,16 +39,22 @@ pub(super) fn press(
              WHERE device_id = ?1 AND state NOT IN ('closed','cancelled') AND created_at >= ?2
              ORDER BY created_at DESC, request_id DESC LIMIT 1",
         )?
-        .query_row(params![e.device_id, e.intake_at - window_ms], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<u32>>(5)?,
-            ))
-        })
+        .query_row(
+            params![
+                e.device_id,
+                lifecycle::cancel_window_start(e.intake_at, window_ms)
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<u32>>(5)?,
+                ))
+            },
+        )
         .optional()?;
     let Some((request_id, service, state, backend, reference, eta_s)) = target else {
         c.prepare_cached(
@@ -75,7 +75,7 @@ pub(super) fn press(
         eta_s,
     };
     let rid = &t.request_id;
-    if needs_confirmation(t.service, t.state) {
+    if lifecycle::cancel_press(t.service, t.state) == CancelPress::Flag {
         c.prepare_cached(
             "UPDATE requests SET cancel_requested_at = coalesce(cancel_requested_at, ?2), updated_at = ?2 WHERE request_id = ?1",
         )?
@@ -84,7 +84,7 @@ pub(super) fn press(
             "UPDATE presses SET outcome = 'cancel_flagged', request_id = ?3 WHERE device_id = ?1 AND press_id = ?2",
         )?
         .execute(params![e.device_id, p.id, rid])?;
-        event(
+        let seq = event(
             c,
             rid,
             e.intake_at,
@@ -95,11 +95,18 @@ pub(super) fn press(
                         "note": "help is on its way: an operator confirms with the resident by phone"}),
             ),
         )?;
-        return Ok(PressOutcome::CancelFlagged(flagged_notice(
-            &e.device_id,
-            &p.id,
-            &t,
-        )));
+        let notice = flagged_notice(&e.device_id, &p.id, &t);
+        fx.changes.push(Change {
+            seq,
+            request_id: rid.clone(),
+            service: t.service,
+            state: t.state,
+            kind: "cancel_requested".into(),
+            at: e.intake_at,
+            notice: Some(notice.clone()),
+            created: None,
+        });
+        return Ok(PressOutcome::CancelFlagged(notice));
     }
     c.prepare_cached("UPDATE requests SET state = 'cancelled', updated_at = ?2, closed_at = ?2 WHERE request_id = ?1")?
         .execute(params![rid, e.intake_at])?;
@@ -107,7 +114,7 @@ pub(super) fn press(
         .execute(params![rid])?;
     c.prepare_cached("UPDATE presses SET request_id = ?3 WHERE device_id = ?1 AND press_id = ?2")?
         .execute(params![e.device_id, p.id, rid])?;
-    event(
+    let seq = event(
         c,
         rid,
         e.intake_at,
@@ -123,18 +130,30 @@ pub(super) fn press(
         "resident",
         e.intake_at,
     )?;
-    deltas.push((t.service, Some(t.state), Some(RequestState::Cancelled)));
+    let notice = Notice {
+        device_id: e.device_id.clone(),
+        press_id: Some(p.id.clone()),
+        request_id: Some(t.request_id.clone()),
+        service: Some(t.service),
+        state: FeedbackState::Cancelled,
+        reference: None,
+        eta_s: None,
+        reason: None,
+    };
+    fx.deltas
+        .push((t.service, Some(t.state), Some(RequestState::Cancelled)));
+    fx.changes.push(Change {
+        seq,
+        request_id: rid.clone(),
+        service: t.service,
+        state: RequestState::Cancelled,
+        kind: "cancelled".into(),
+        at: e.intake_at,
+        notice: Some(notice.clone()),
+        created: None,
+    });
     Ok(PressOutcome::Cancelled {
-        notice: Notice {
-            device_id: e.device_id.clone(),
-            press_id: p.id.clone(),
-            request_id: Some(t.request_id.clone()),
-            service: Some(t.service),
-            state: FeedbackState::Cancelled,
-            reference: None,
-            eta_s: None,
-            reason: None,
-        },
+        notice,
         backend: t.backend,
     })
 }
@@ -142,7 +161,7 @@ pub(super) fn press(
 fn flagged_notice(device_id: &str, press_id: &str, t: &Target) -> Notice {
     Notice {
         device_id: device_id.to_owned(),
-        press_id: press_id.to_owned(),
+        press_id: Some(press_id.to_owned()),
         request_id: Some(t.request_id.clone()),
         service: Some(t.service),
         state: t.state.feedback(),
@@ -187,9 +206,8 @@ pub(super) fn flagged_again(
     Ok(n)
 }
 
-/// A request just left `from` for `cancelled`: if an HTTP backend had accepted it, that
-/// backend is owed a cancellation. (A request still being dispatched has no accepting backend
-/// yet; should an attempt in flight be accepted after all, `dispatched` queues it then.)
+/// A request just left `from` for `cancelled`: the backend that accepted it, if any and if it
+/// is HTTP, is owed a cancellation ([`lifecycle::owes_cancellation`]).
 pub(super) fn tell_backend(
     c: &Connection,
     request_id: &str,
@@ -198,24 +216,10 @@ pub(super) fn tell_backend(
     by: &str,
     at: i64,
 ) -> Result<(), StoreError> {
-    let accepted = matches!(
-        from,
-        RequestState::Dispatched | RequestState::EnRoute | RequestState::Arrived
-    );
-    match backend {
-        Some(b) if accepted && b != DESK => followup::queue_cancel(c, request_id, b, by, at),
-        _ => Ok(()),
+    match lifecycle::owes_cancellation(from, backend) {
+        Some(b) => followup::queue_cancel(c, request_id, b, by, at),
+        None => Ok(()),
     }
-}
-
-/// The backend a request is with, for an operator's cancel.
-pub(super) fn backend_of(c: &Connection, request_id: &str) -> Result<Option<String>, StoreError> {
-    Ok(
-        c.prepare_cached("SELECT backend FROM requests WHERE request_id = ?1")?
-            .query_row(params![request_id], |r| r.get::<_, Option<String>>(0))
-            .optional()?
-            .flatten(),
-    )
 }
 
 #[cfg(test)]
@@ -240,6 +244,7 @@ mod tests {
             intake_at: at,
             // Flood control off: these tests are about cancelling.
             attach_window_ms: 0,
+            intake_started: None,
         }
     }
 

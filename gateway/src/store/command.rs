@@ -1,0 +1,131 @@
+//! The journal's write protocol: every write to requests goes to the engine's single writer
+//! as a [`Command`], and the caller's reply (when it waits for one) comes only after the
+//! commit. An engine implements this protocol — the SQLite writer (`sqlite/writer.rs`) today —
+//! applying [`super::lifecycle`]'s decisions, and publishes every committed transition on the
+//! change feed ([`super::changes`]).
+
+use super::error::StoreError;
+use super::followup::{self, Followup, NotifyContacts};
+use super::model::*;
+use std::sync::atomic::AtomicBool;
+use tokio::sync::oneshot;
+
+/// Where the writer sends its answer to one command.
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The result of an operator action or callback on a request.
+#[derive(Debug, Clone)]
+pub enum Transition {
+    /// The state changed.
+    Applied {
+        /// Who is told, and what (the change feed's feedback subscriber tells them); `None`
+        /// when the request names no device.
+        notice: Option<Notice>,
+        /// The state before.
+        from: RequestState,
+        /// The request's creation time, epoch ms.
+        created_at: i64,
+    },
+    /// No such request.
+    NotFound,
+    /// The request is in a state that does not allow this.
+    Conflict(RequestState),
+    /// The caller is not the backend the request was dispatched to.
+    Forbidden,
+}
+
+/// What an operator does to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Take an escalated request.
+    Ack,
+    /// Finish any open request.
+    Close,
+    /// Cancel any open request (e.g. after confirming by phone a resident's cancel press on
+    /// a rescue already on its way); the backend that accepted it is told.
+    Cancel,
+}
+
+/// A command for the writer.
+pub enum Command {
+    /// Journal a press: a new request, a duplicate, a cancel, or a press joining an open one.
+    Press(PressEntry, Reply<PressOutcome>),
+    /// Open a request that no press started (supervision, an operator at the desk).
+    Open(NewRequest, Reply<Request>),
+    /// A dispatch attempt ended (no reply: it rides the next batch).
+    Attempt(AttemptRecord),
+    /// The `received` feedback of a new request went out (a stage of its latency breakdown).
+    ReceivedSent {
+        request_id: String,
+        journaled_at: Option<i64>,
+        at: i64,
+    },
+    /// A backend accepted the request.
+    Dispatched {
+        request_id: String,
+        backend: String,
+        reference: Option<String>,
+        eta_s: Option<u32>,
+        at: i64,
+        reply: Reply<bool>,
+    },
+    /// The request goes to the desk.
+    Escalated {
+        request_id: String,
+        reason: &'static str,
+        contacts: NotifyContacts,
+        at: i64,
+        reply: Reply<bool>,
+    },
+    /// A follow-up attempt was made (no reply).
+    FollowupAttempt {
+        key: String,
+        target: String,
+        attempt: u32,
+        at: i64,
+    },
+    /// A follow-up is over.
+    FollowupFinished {
+        followup: Followup,
+        ending: followup::Ending,
+        at: i64,
+        reply: Reply<()>,
+    },
+    /// An operator acts on a request.
+    Operator {
+        request_id: String,
+        action: OperatorAction,
+        at: i64,
+        reply: Reply<Transition>,
+    },
+    /// A backend reports progress.
+    Callback {
+        request_id: String,
+        caller: Option<String>,
+        state: RequestState,
+        eta_s: Option<u32>,
+        reference: Option<String>,
+        at: i64,
+        reply: Reply<Transition>,
+    },
+    /// A device's latest status (coalesced per batch; no reply).
+    Status {
+        device_id: String,
+        online: bool,
+        status_json: String,
+        at: i64,
+    },
+    /// Answer once everything queued before it is committed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Switches shared between the writer and the rest of the gateway.
+#[derive(Debug, Default)]
+pub struct WriterState {
+    /// Last commit succeeded (drives `/readyz`).
+    pub healthy: AtomicBool,
+    /// Test hook: make every commit fail, as a full disk would.
+    pub fail_commits: AtomicBool,
+    /// Woken after a commit that queued a follow-up (a cancellation, a notification).
+    pub followups: tokio::sync::Notify,
+}
