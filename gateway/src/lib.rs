@@ -291,7 +291,7 @@ impl Gateway {
         };
 
         let sampler = telemetry::sampler::start(store.clone(), shutdown.clone());
-        telemetry::startup::log(&config, http_addr, &rules_desc);
+        config.log_summary(http_addr, &rules_desc);
 
         Ok(Gateway {
             mqtt_addr: config.mqtt.listen,

@@ -7,7 +7,6 @@
 //! `dashboards/`; a test checks that every name they use is one a real scrape shows.
 
 pub mod sampler;
-pub mod startup;
 
 pub mod security;
 

@@ -13,50 +13,15 @@
 //! which must be alphanumeric (device ids contain `-` and `_`), and renames the client
 //! `{tenant}.{client_id}`, which would split a device's session between listeners.
 
+use crate::config::TlsSettings;
 use rumqttd::{Handshake, HandshakeFuture, N};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
-
-/// `[mqtt.tls]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// Where the TLS listener listens (8883 by convention).
-    pub listen: SocketAddr,
-    /// PEM file: the broker's certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM file: the broker's private key.
-    pub key: PathBuf,
-    /// PEM file: the CA certificate(s) that sign device certificates. When set, a presented
-    /// client certificate is verified, and its subject CN must equal the device id.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
-    /// With `client_ca`: refuse a device that presents no certificate.
-    #[serde(default)]
-    pub require_client_cert: bool,
-    /// Devices may still use the plain listener (`[mqtt] listen`), which then serves only the
-    /// gateway's own connections when false.
-    #[serde(default)]
-    pub plaintext_devices: bool,
-}
-
-impl TlsSettings {
-    /// Every problem with these settings, checked without reading the files.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if self.require_client_cert && self.client_ca.is_none() {
-            p.push("[mqtt.tls]: require_client_cert needs client_ca (the CA that signs device certificates)".into());
-        }
-        p
-    }
-}
 
 /// The TLS handshake handed to rumqttd.
 pub struct TlsHandshake {
