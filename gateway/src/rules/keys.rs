@@ -6,6 +6,16 @@ use super::value::SValue;
 use super::{Action, AttrValue};
 use std::ops::Range;
 
+/// Whether `name` can be a resident attribute: what a rule's `resident = { NAME = ... }` can
+/// match on, so the rules own the spelling and a resident import checks against it.
+pub fn attribute_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// A string or a non-empty list of strings, each checked by `parse`; `None` after any error.
 pub(super) fn list<T>(
     d: &mut FileDiags<'_>,
@@ -149,7 +159,7 @@ pub(super) fn resident(
     let mut attrs = Vec::new();
     let mut named_ok = true;
     for (name, v) in entries {
-        if !crate::residents::attribute_name_ok(&name.value) {
+        if !attribute_name_ok(&name.value) {
             // Residents cannot be imported with such a name, so the rule could never match.
             d.error(
                 &name.at(at),

@@ -28,6 +28,7 @@ mod tests;
 
 pub use clock::{local_minutes, local_minutes_in};
 pub use diag::{CheckFailed, Diagnostic, Severity};
+pub use keys::attribute_name_ok;
 
 use std::collections::BTreeMap;
 use std::fmt;
