@@ -166,7 +166,7 @@ impl TestGateway {
                         _dir: None,
                     });
                 }
-                Err(e @ yijian_gateway::StartError::Io(_)) => {
+                Err(e @ yijian_gateway::StartError::Io { .. }) => {
                     last = Some(e);
                     config.mqtt.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
                 }

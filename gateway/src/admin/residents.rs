@@ -21,7 +21,7 @@ pub fn residents_import(cfg: &Config, file: &Path, out: &mut dyn Write) -> Resul
             for p in &problems {
                 writeln!(out, "{p}")?;
             }
-            return Err(AdminError(format!(
+            return Err(AdminError::Refused(format!(
                 "{}: {} problem(s); nothing was imported",
                 file.display(),
                 problems.len()
@@ -61,7 +61,9 @@ pub fn residents_show(
 ) -> Result<(), AdminError> {
     let conn = super::open_existing(cfg)?;
     let Some(r) = residents::load(&conn, id)? else {
-        return Err(AdminError(format!("resident {id} is not on record")));
+        return Err(AdminError::Refused(format!(
+            "resident {id} is not on record"
+        )));
     };
     let devices = residents::devices_of(&conn, id)?;
     let updated: i64 = conn
