@@ -2,19 +2,10 @@
 //! element) and returns `None` after any, so the caller can keep checking the other keys.
 
 use super::diag::FileDiags;
+use super::names::attribute_name_ok;
 use super::value::SValue;
 use super::{Action, AttrValue};
 use std::ops::Range;
-
-/// Whether `name` can be a resident attribute: what a rule's `resident = { NAME = ... }` can
-/// match on, so the rules own the spelling and a resident import checks against it.
-pub fn attribute_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
 
 /// A string or a non-empty list of strings, each checked by `parse`; `None` after any error.
 pub(super) fn list<T>(
