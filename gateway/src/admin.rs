@@ -6,30 +6,54 @@ pub mod explain;
 pub mod residents;
 
 use crate::clock::{now_ms, rfc3339_ms};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::devices::{self, DEFAULT_PROFILE};
-use crate::rules::RuleSet;
+use crate::rules::{CheckFailed, RuleSet};
 use crate::store::{self, Engine, NewDevice, StoreError};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use yijian_wire::topic;
 
-/// A CLI failure: the message is printed as is.
+/// A CLI failure: its message is printed as is; the error underneath, if any, is its source.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AdminError(pub String);
-
-impl From<StoreError> for AdminError {
-    fn from(e: StoreError) -> Self {
-        AdminError(e.to_string())
-    }
-}
-
-impl From<std::io::Error> for AdminError {
-    fn from(e: std::io::Error) -> Self {
-        AdminError(format!("cannot write output: {e}"))
-    }
+pub enum AdminError {
+    /// What was asked cannot be done (an unknown device, a bad argument, no journal): the
+    /// message says why.
+    #[error("{0}")]
+    Refused(String),
+    /// An argument does not parse; the message says what is expected.
+    #[error("{message}")]
+    Argument {
+        /// What the user is told.
+        message: String,
+        /// What the parser said.
+        #[source]
+        source: jiff::Error,
+    },
+    /// The journal failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The output could not be written.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The configuration file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The rules do not pass their check (the errors are printed before this).
+    #[error("{}: {} error(s){hint}", .dir.display(), .failed.errors.len())]
+    Rules {
+        /// The rules directory.
+        dir: PathBuf,
+        /// What to do about it, after the count (may be empty).
+        hint: &'static str,
+        /// Every error and warning.
+        #[source]
+        failed: CheckFailed,
+    },
+    /// The gateway's clock gives no valid time.
+    #[error("clock: {0}")]
+    Clock(#[source] jiff::Error),
 }
 
 /// The journal, which must exist already (commands that only read or change what is there
@@ -37,7 +61,7 @@ impl From<std::io::Error> for AdminError {
 pub(crate) fn open_existing(cfg: &Config) -> Result<Arc<dyn Engine>, AdminError> {
     let path = cfg.db_path();
     if !path.exists() {
-        return Err(AdminError(format!(
+        return Err(AdminError::Refused(format!(
             "no journal at {} (wrong --data-dir? `devices add` or the gateway creates it)",
             path.display()
         )));
@@ -64,15 +88,15 @@ pub fn devices_add(
     out: &mut dyn Write,
 ) -> Result<(), AdminError> {
     if let Some(p) = topic::device_id_problem(device_id) {
-        return Err(AdminError(p));
+        return Err(AdminError::Refused(p));
     }
     let profile = profile.unwrap_or(DEFAULT_PROFILE);
     if let Some(p) = profile_problem(profile) {
-        return Err(AdminError(p.into()));
+        return Err(AdminError::Refused(p.into()));
     }
     if let Some(r) = resident {
         if r.is_empty() || r.len() > 64 || r.chars().any(char::is_control) {
-            return Err(AdminError(
+            return Err(AdminError::Refused(
                 "resident id must be 1-64 printable characters".into(),
             ));
         }
@@ -131,11 +155,11 @@ pub fn devices_add_many(
 ) -> Result<(), AdminError> {
     let profile = profile.unwrap_or(DEFAULT_PROFILE);
     if let Some(p) = profile_problem(profile) {
-        return Err(AdminError(p.into()));
+        return Err(AdminError::Refused(p.into()));
     }
     let last = format!("{prefix}{count}");
     if let Some(p) = topic::device_id_problem(&last) {
-        return Err(AdminError(format!(
+        return Err(AdminError::Refused(format!(
             "prefix gives invalid ids ({last}): {p}"
         )));
     }
@@ -223,18 +247,18 @@ pub fn rules_check(dir: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
         }
         Err(e) => {
             writeln!(out, "{e}")?;
-            Err(AdminError(format!(
-                "{}: {} error(s)",
-                dir.display(),
-                e.errors.len()
-            )))
+            Err(AdminError::Rules {
+                dir: dir.to_owned(),
+                hint: "",
+                failed: e,
+            })
         }
     }
 }
 
 /// `config check FILE`.
 pub fn config_check(path: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
-    let cfg = Config::load(path).map_err(|e| AdminError(e.to_string()))?;
+    let cfg = Config::load(path)?;
     writeln!(out, "{}: valid", path.display())?;
     let zone = if cfg.rules.time_zone.is_empty() {
         "none (local time unknown without a resident's own)"

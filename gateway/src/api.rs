@@ -2,6 +2,7 @@
 //! callbacks from backends. Every error is JSON `{"error": "..."}` with a 4xx status; a bad
 //! request never produces a 500.
 
+pub mod access;
 pub mod auth;
 pub mod devices;
 
@@ -43,7 +44,7 @@ pub struct ApiState {
     pub ready: Arc<Readiness>,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
-    /// Tokens and roles (every route passes [`auth::authorize`]).
+    /// Tokens and roles (every route passes [`access::authorize`]).
     pub auth: Arc<auth::Auth>,
     /// The running configuration (admin endpoints: the journal's path, `GET /api/v1/config`).
     pub config: Arc<crate::config::Config>,
@@ -67,7 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
-            auth::authorize,
+            access::authorize,
         ))
         .with_state(state)
 }

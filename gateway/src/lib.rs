@@ -60,16 +60,25 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     /// The rules do not load.
     #[error("rules: {0}")]
-    Rules(String),
+    Rules(#[from] rules::CheckFailed),
     /// The journal cannot be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    /// The broker or the gateway's own MQTT connections failed.
-    #[error("MQTT: {0}")]
-    Mqtt(String),
-    /// A listener could not be set up.
-    #[error("{0}")]
-    Io(String),
+    /// The TLS listener's certificate, key or client CA is unusable.
+    #[error(transparent)]
+    Tls(#[from] broker::tls::TlsError),
+    /// The gateway's own MQTT connections could not reach the embedded broker.
+    #[error("MQTT: the gateway could not connect to its own broker: {0}")]
+    Mqtt(#[source] rumqttc::ConnectionError),
+    /// A listener could not be set up: `context` says which, `source` why.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being set up, e.g. `cannot listen for MQTT on 127.0.0.1:1883`.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where the rules come from.
@@ -129,8 +138,7 @@ impl Gateway {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
-        let (reloader, rules_desc) = rules::reload::Reloader::start(rules_source(&config))
-            .map_err(|e| StartError::Rules(e.to_string()))?;
+        let (reloader, rules_desc) = rules::reload::Reloader::start(rules_source(&config))?;
         let metrics = telemetry::metrics_handle();
         let store = store::Store::open(&config.db_path(), config.store.max_batch)?;
         let ready = Arc::new(api::Readiness::default());
@@ -142,26 +150,20 @@ impl Gateway {
                 }
             })?;
         let tls = match &config.mqtt.tls {
-            Some(t) => Some(Arc::new(
-                broker::tls::TlsHandshake::new(t).map_err(|e| StartError::Io(e.to_string()))?,
-            )),
+            Some(t) => Some(Arc::new(broker::tls::TlsHandshake::new(t)?)),
             None => None,
         };
 
         // rumqttd binds its listeners inside tasks and can only log a failure there; check the
         // addresses first so a busy port is a clear start error.
-        std::net::TcpListener::bind(config.mqtt.listen).map_err(|e| {
-            StartError::Io(format!(
-                "cannot listen for MQTT on {}: {e}",
-                config.mqtt.listen
-            ))
+        std::net::TcpListener::bind(config.mqtt.listen).map_err(|source| StartError::Io {
+            context: format!("cannot listen for MQTT on {}", config.mqtt.listen),
+            source,
         })?;
         if let Some(t) = &config.mqtt.tls {
-            std::net::TcpListener::bind(t.listen).map_err(|e| {
-                StartError::Io(format!(
-                    "cannot listen for MQTT over TLS on {}: {e}",
-                    t.listen
-                ))
+            std::net::TcpListener::bind(t.listen).map_err(|source| StartError::Io {
+                context: format!("cannot listen for MQTT over TLS on {}", t.listen),
+                source,
             })?;
         }
         let directory = devices::Directory::new(store.clone());
@@ -176,7 +178,10 @@ impl Gateway {
             resume.clone(),
             broker_stop.clone(),
         )
-        .map_err(|e| StartError::Io(format!("cannot start the MQTT listener thread: {e}")))?;
+        .map_err(|source| StartError::Io {
+            context: "cannot start the MQTT listener thread".into(),
+            source,
+        })?;
 
         let feedback = connect_with_retry(|| {
             // Alive until the very end: dispatches finishing during the grace period still
@@ -284,9 +289,10 @@ impl Gateway {
             })
         };
 
-        let http_addr = http
-            .local_addr()
-            .map_err(|e| StartError::Io(e.to_string()))?;
+        let http_addr = http.local_addr().map_err(|source| StartError::Io {
+            context: "cannot read the HTTP listener's address".into(),
+            source,
+        })?;
         let app = api::router(api::ApiState {
             store: store.clone(),
             ready: ready.clone(),
@@ -307,7 +313,7 @@ impl Gateway {
         };
 
         let sampler = store::sampler::start(store.clone(), shutdown.clone());
-        telemetry::startup::log(&config, http_addr, &rules_desc);
+        config.log_summary(http_addr, &rules_desc);
 
         Ok(Gateway {
             mqtt_addr: config.mqtt.listen,
@@ -401,8 +407,5 @@ where
             }
         }
     }
-    Err(StartError::Mqtt(format!(
-        "the gateway could not connect to its own broker: {}",
-        last.map(|e| e.to_string()).unwrap_or_default()
-    )))
+    Err(StartError::Mqtt(last.expect("100 attempts were made")))
 }

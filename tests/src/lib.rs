@@ -8,8 +8,7 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
 use yijian_device_sim::{DeviceConfig, MockBackends, SimDevice};
-use yijian_gateway::api::auth::{Role, TokenConfig};
-use yijian_gateway::config::{BackendConfig, Config, ServiceConfig};
+use yijian_gateway::config::{BackendConfig, Config, Role, ServiceConfig, TokenConfig};
 use yijian_gateway::Gateway;
 
 /// The operator token every test gateway accepts (`get` and `post` use it).
@@ -167,7 +166,7 @@ impl TestGateway {
                         _dir: None,
                     });
                 }
-                Err(e @ yijian_gateway::StartError::Io(_)) => {
+                Err(e @ yijian_gateway::StartError::Io { .. }) => {
                     last = Some(e);
                     config.mqtt.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
                 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 use yijian_device_sim::{DeviceConfig, SimDevice};
-use yijian_gateway::broker::tls::TlsSettings;
+use yijian_gateway::config::TlsSettings;
 use yijian_gateway::lifecycle;
 use yijian_tests::*;
 use yijian_wire::topic::{self, Kind};

@@ -69,11 +69,11 @@ pub fn rules_explain(
         if let Some(d) = &args.device {
             let id = d.clone();
             let Some(rec) = journal.device(&id)? else {
-                return Err(AdminError(format!("device {d} is not registered")));
+                return Err(AdminError::Refused(format!("device {d} is not registered")));
             };
             if let Some(p) = &args.profile {
                 if *p != rec.profile {
-                    return Err(AdminError(format!(
+                    return Err(AdminError::Refused(format!(
                         "device {d} has profile {}, not {p}: leave --profile out to use the device's",
                         rec.profile
                     )));
@@ -91,12 +91,14 @@ pub fn rules_explain(
         if let Some(r) = &resident_id {
             resident = journal.resident(r)?;
             if resident.is_none() && args.resident.is_some() {
-                return Err(AdminError(format!("resident {r} is not on record")));
+                return Err(AdminError::Refused(format!(
+                    "resident {r} is not on record"
+                )));
             }
         }
     }
     let Some(profile) = profile else {
-        return Err(AdminError(
+        return Err(AdminError::Refused(
             "give --device ID, or --profile P (with --button and --gesture)".into(),
         ));
     };
@@ -110,7 +112,7 @@ pub fn rules_explain(
         .unwrap_or_default();
     for a in &args.attrs {
         let (k, v) = a.split_once('=').ok_or_else(|| {
-            AdminError(format!(
+            AdminError::Refused(format!(
                 "--attr {a:?} must look like name=value (e.g. lives_alone=true)"
             ))
         })?;
@@ -213,11 +215,11 @@ fn load(cfg: &Config, out: &mut dyn Write) -> Result<(RuleSet, String), AdminErr
             }
             Err(e) => {
                 writeln!(out, "{e}")?;
-                Err(AdminError(format!(
-                    "{}: {} error(s); fix them first (rules check)",
-                    dir.display(),
-                    e.errors.len()
-                )))
+                Err(AdminError::Rules {
+                    dir,
+                    hint: "; fix them first (rules check)",
+                    failed: e,
+                })
             }
         },
         None => Ok((
@@ -235,10 +237,11 @@ fn zone(
     let named = |name: &str| -> Result<(TimeZone, String), AdminError> {
         TimeZone::get(name)
             .map(|z| (z, name.to_owned()))
-            .map_err(|_| {
-                AdminError(format!(
+            .map_err(|source| AdminError::Argument {
+                message: format!(
                     "unknown time zone {name:?} (expected an IANA name such as Asia/Shanghai)"
-                ))
+                ),
+                source,
             })
     };
     if let Some(tz) = &args.time_zone {
@@ -266,16 +269,18 @@ fn local_time(
     }
     let (instant, now) = match at {
         Some(text) => {
-            let t = text.parse::<jiff::Timestamp>().map_err(|_| {
-                AdminError(format!(
+            let t = text
+                .parse::<jiff::Timestamp>()
+                .map_err(|source| AdminError::Argument {
+                    message: format!(
                     "--at {text:?} must be RFC 3339 (2026-11-28T22:30:00+08:00) or the local HH:MM"
-                ))
-            })?;
+                ),
+                    source,
+                })?;
             (t, false)
         }
         None => (
-            jiff::Timestamp::from_millisecond(now_ms)
-                .map_err(|e| AdminError(format!("clock: {e}")))?,
+            jiff::Timestamp::from_millisecond(now_ms).map_err(AdminError::Clock)?,
             true,
         ),
     };

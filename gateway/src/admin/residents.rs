@@ -20,7 +20,7 @@ pub fn residents_import(cfg: &Config, file: &Path, out: &mut dyn Write) -> Resul
             for p in &problems {
                 writeln!(out, "{p}")?;
             }
-            return Err(AdminError(format!(
+            return Err(AdminError::Refused(format!(
                 "{}: {} problem(s); nothing was imported",
                 file.display(),
                 problems.len()
@@ -53,7 +53,9 @@ pub fn residents_show(
 ) -> Result<(), AdminError> {
     let journal = super::open_existing(cfg)?;
     let Some(r) = journal.resident(id)? else {
-        return Err(AdminError(format!("resident {id} is not on record")));
+        return Err(AdminError::Refused(format!(
+            "resident {id} is not on record"
+        )));
     };
     let devices = journal.devices_of(id)?;
     let updated = journal.resident_updated_at(id)?.unwrap_or(0);

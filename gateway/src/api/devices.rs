@@ -1,5 +1,5 @@
 //! Admin endpoints: the device registry (list, show, rotate, revoke) and the running
-//! configuration. Role `admin` only ([`super::auth::access`]).
+//! configuration. Role `admin` only ([`super::access::access`]).
 
 use super::{ApiError, ApiState};
 use crate::lifecycle::{self, LifecycleError};

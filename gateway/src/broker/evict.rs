@@ -90,7 +90,7 @@ pub fn start(
                     tracing::warn!(device_id = %e.device_id, error = %err, "device directory not refreshed");
                 }
                 evict(&cfg, &e.device_id, &secret).await;
-                telemetry::eviction(&e.change, &e.device_id);
+                telemetry::eviction(e.change == crate::store::REVOKED, &e.device_id);
             }
         }
     })

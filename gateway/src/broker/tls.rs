@@ -13,70 +13,77 @@
 //! which must be alphanumeric (device ids contain `-` and `_`), and renames the client
 //! `{tenant}.{client_id}`, which would split a device's session between listeners.
 
+use crate::config::TlsSettings;
 use rumqttd::{Handshake, HandshakeFuture, N};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
-
-/// `[mqtt.tls]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// Where the TLS listener listens (8883 by convention).
-    pub listen: SocketAddr,
-    /// PEM file: the broker's certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM file: the broker's private key.
-    pub key: PathBuf,
-    /// PEM file: the CA certificate(s) that sign device certificates. When set, a presented
-    /// client certificate is verified, and its subject CN must equal the device id.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
-    /// With `client_ca`: refuse a device that presents no certificate.
-    #[serde(default)]
-    pub require_client_cert: bool,
-    /// Devices may still use the plain listener (`[mqtt] listen`), which then serves only the
-    /// gateway's own connections when false.
-    #[serde(default)]
-    pub plaintext_devices: bool,
-}
-
-impl TlsSettings {
-    /// Every problem with these settings, checked without reading the files.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if self.require_client_cert && self.client_ca.is_none() {
-            p.push("[mqtt.tls]: require_client_cert needs client_ca (the CA that signs device certificates)".into());
-        }
-        p
-    }
-}
 
 /// The TLS handshake handed to rumqttd.
 pub struct TlsHandshake {
     acceptor: TlsAcceptor,
 }
 
-/// Why the TLS listener cannot be set up.
+/// Why the TLS listener cannot be set up; each names the file or step, and keeps the error
+/// that rustls gave.
 #[derive(Debug, thiserror::Error)]
-#[error("[mqtt.tls]: {0}")]
-pub struct TlsError(String);
+pub enum TlsError {
+    /// A PEM file (`cert`, `key`, `client_ca`) cannot be read or holds no valid PEM.
+    #[error("[mqtt.tls]: {what} {}: {source}", .path.display())]
+    Pem {
+        /// Which setting named the file.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What reading it found.
+        #[source]
+        source: pem::Error,
+    },
+    /// A certificate file holds no certificate.
+    #[error("[mqtt.tls]: {what} {}: no certificate in the file", .path.display())]
+    NoCertificate {
+        /// Which setting named the file.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A `client_ca` certificate cannot be a trust anchor.
+    #[error("[mqtt.tls]: client_ca {}: {source}", .path.display())]
+    ClientCa {
+        /// The file.
+        path: PathBuf,
+        /// Why rustls refused it.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client certificate verifier cannot be built from `client_ca`.
+    #[error("[mqtt.tls]: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// rustls offers none of its safe protocol versions with this crypto provider.
+    #[error("[mqtt.tls]: {0}")]
+    Protocols(#[source] rustls::Error),
+    /// The certificate chain and the key do not go together (or rustls refused either).
+    #[error("[mqtt.tls]: cert/key: {0}")]
+    CertKey(#[source] rustls::Error),
+}
 
-fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError(format!("{what} {}: {e}", path.display())))?;
+        .map_err(|source| TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(TlsError(format!(
-            "{what} {}: no certificate in the file",
-            path.display()
-        )));
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
@@ -86,18 +93,22 @@ impl TlsHandshake {
     pub fn new(s: &TlsSettings) -> Result<TlsHandshake, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = certs(&s.cert, "cert")?;
-        let key = PrivateKeyDer::from_pem_file(&s.key)
-            .map_err(|e| TlsError(format!("key {}: {e}", s.key.display())))?;
+        let key = PrivateKeyDer::from_pem_file(&s.key).map_err(|source| TlsError::Pem {
+            what: "key",
+            path: s.key.clone(),
+            source,
+        })?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError(e.to_string()))?;
+            .map_err(TlsError::Protocols)?;
         let builder = match &s.client_ca {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
                 for c in certs(ca, "client_ca")? {
-                    roots
-                        .add(c)
-                        .map_err(|e| TlsError(format!("client_ca {}: {e}", ca.display())))?;
+                    roots.add(c).map_err(|source| TlsError::ClientCa {
+                        path: ca.clone(),
+                        source,
+                    })?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -106,15 +117,13 @@ impl TlsHandshake {
                 } else {
                     verifier.allow_unauthenticated()
                 };
-                builder.with_client_cert_verifier(
-                    verifier.build().map_err(|e| TlsError(e.to_string()))?,
-                )
+                builder.with_client_cert_verifier(verifier.build().map_err(TlsError::Verifier)?)
             }
             None => builder.with_no_client_auth(),
         };
         let config = builder
             .with_single_cert(chain, key)
-            .map_err(|e| TlsError(format!("cert/key: {e}")))?;
+            .map_err(TlsError::CertKey)?;
         Ok(TlsHandshake {
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })

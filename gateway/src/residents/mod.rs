@@ -91,7 +91,7 @@ impl Resident {
             );
         }
         for (name, value) in &self.attributes {
-            if !attribute_name_ok(name) {
+            if !crate::rules::attribute_name_ok(name) {
                 p.push(format!(
                     "attribute name {name:?} must be 1-64 characters of A-Z, a-z, 0-9, _ and -"
                 ));
@@ -128,15 +128,6 @@ impl Resident {
             "preferred_hospital": self.preferred_hospital,
         })
     }
-}
-
-/// Whether `name` can be a resident attribute (and so be matched by a rule).
-pub fn attribute_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Why `id` cannot be a resident id, if it cannot.

@@ -2,6 +2,7 @@
 //! element) and returns `None` after any, so the caller can keep checking the other keys.
 
 use super::diag::FileDiags;
+use super::names::attribute_name_ok;
 use super::value::SValue;
 use super::{Action, AttrValue};
 use std::ops::Range;
@@ -149,7 +150,7 @@ pub(super) fn resident(
     let mut attrs = Vec::new();
     let mut named_ok = true;
     for (name, v) in entries {
-        if !crate::residents::attribute_name_ok(&name.value) {
+        if !attribute_name_ok(&name.value) {
             // Residents cannot be imported with such a name, so the rule could never match.
             d.error(
                 &name.at(at),

@@ -11,13 +11,15 @@
 //!
 //! Files: `value` reads TOML with spans, `parse` checks and compiles (`keys`: one value each),
 //! `shadow` warns about rules that can never match, `eval` matches, `explain` words a decision,
-//! `clock` handles local time, `reload` swaps in a changed set while the gateway runs.
+//! `clock` handles local time, `reload` swaps in a changed set while the gateway runs, `names`
+//! holds the spelling of what a rule may name that residents must accept too.
 
 mod clock;
 mod diag;
 mod eval;
 mod explain;
 mod keys;
+mod names;
 mod parse;
 pub mod reload;
 mod shadow;
@@ -28,6 +30,7 @@ mod tests;
 
 pub use clock::{local_minutes, local_minutes_in};
 pub use diag::{CheckFailed, Diagnostic, Severity};
+pub use names::attribute_name_ok;
 
 use std::collections::BTreeMap;
 use std::fmt;

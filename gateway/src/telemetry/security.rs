@@ -47,13 +47,11 @@ pub fn flood_disconnect(client_id: &str) {
     );
 }
 
-/// A device's live connection was dropped after a credential change.
-pub fn eviction(change: &str, device_id: &str) {
-    let change = if change == "revoked" {
-        "revoked"
-    } else {
-        "rotated"
-    };
+/// A device's live connection was dropped after a credential change: `revoked`, else its
+/// secret was rotated. The caller reads the change from the journal; a bool keeps the label
+/// set bounded without telemetry knowing the journal's spelling.
+pub fn eviction(revoked: bool, device_id: &str) {
+    let change = if revoked { "revoked" } else { "rotated" };
     counter!(DEVICES_EVICTIONS_TOTAL, "change" => change).increment(1);
     tracing::info!(
         device_id,

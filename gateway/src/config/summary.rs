@@ -2,15 +2,25 @@
 //! loaded, and where each service's requests go. One line per fact, a short message with the
 //! details as fields, so it reads the same in `--log-format human` and in JSON.
 //!
+//! It is the configuration describing itself, so it lives here and telemetry (a leaf) does
+//! not need to know the configuration's shape.
+//!
 //! NOTE: a backend URL may carry credentials (`https://user:pass@host/...?key=...`): only its
 //! scheme, host, port and path are printed. Tokens are named by their variable, never shown.
 
-use crate::config::{Config, DESK};
+use super::{Config, DESK};
 use std::net::SocketAddr;
 use yijian_wire::Service;
 
-/// Log the summary. Called once every stage is up, so `ready` means ready.
-pub fn log(config: &Config, http: SocketAddr, rules: &str) {
+impl Config {
+    /// Log the summary; `http` is where the API listens, `rules` where the rules came from.
+    /// Called once every stage is up, so `ready` means ready.
+    pub fn log_summary(&self, http: SocketAddr, rules: &str) {
+        log(self, http, rules)
+    }
+}
+
+fn log(config: &Config, http: SocketAddr, rules: &str) {
     let http_url = format!("http://{http}");
     let mqtt_tls = config
         .mqtt
@@ -51,7 +61,7 @@ pub fn log(config: &Config, http: SocketAddr, rules: &str) {
 }
 
 /// `url` without user info and query: what an operator needs to recognise it, nothing secret.
-pub fn redact(url: &str) -> String {
+fn redact(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(u) => {
             let mut out = format!("{}://", u.scheme());

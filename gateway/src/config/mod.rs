@@ -1,19 +1,41 @@
 //! Configuration: TOML through serde with `deny_unknown_fields`, defaults from functions, an
 //! embedded default printable with `yijian-gateway config default`, and validation that
 //! reports every problem at once.
+//!
+//! It sits beside the path, not on it: every stage reads its section from here, and this
+//! module names no stage (the stages bring their own behaviour to their settings, e.g.
+//! `flood` builds its token bucket from [`FloodConfig`]). This file holds the whole
+//! [`Config`], its loading and the checks across sections; each section group has its own file.
 
+mod api;
+mod dispatch;
+mod flood;
+mod mqtt;
+mod rules;
+mod store;
+mod summary;
+
+pub use api::{ApiConfig, HttpConfig, Role, TokenConfig};
+pub use dispatch::{
+    BackendConfig, DispatchConfig, NotifyConfig, ServiceConfig, ServiceRoute, ShutdownConfig,
+};
+pub use flood::FloodConfig;
+pub use mqtt::{MqttConfig, TlsSettings};
+pub use rules::RulesConfig;
+pub use store::StoreConfig;
+
+use dispatch::service_defaults;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use yijian_wire::Service;
 
 /// The default configuration, as shipped (`gateway/config/default.toml`).
-pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
 /// The example configuration routing to HTTP backends (`gateway/config/example-backends.toml`).
-pub const EXAMPLE_BACKENDS_CONFIG: &str = include_str!("../config/example-backends.toml");
+pub const EXAMPLE_BACKENDS_CONFIG: &str = include_str!("../../config/example-backends.toml");
 
 /// The name of the built-in operator queue backend.
 pub const DESK: &str = "desk";
@@ -52,299 +74,10 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// API tokens and roles.
     #[serde(default)]
-    pub api: crate::api::auth::ApiConfig,
+    pub api: ApiConfig,
     /// Flood control: repeated presses, device message rate.
     #[serde(default)]
-    pub flood: crate::flood::FloodConfig,
-}
-
-/// `[mqtt]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// Where the embedded broker listens.
-    #[serde(default = "default_mqtt_listen")]
-    pub listen: SocketAddr,
-    /// Largest MQTT packet accepted; larger ones close the connection.
-    #[serde(default = "default_max_payload")]
-    pub max_payload_size: usize,
-    /// Most simultaneous connections.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Time allowed between TCP accept and MQTT CONNECT, in milliseconds.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_ms: u16,
-    /// The optional TLS listener for devices.
-    #[serde(default)]
-    pub tls: Option<crate::broker::tls::TlsSettings>,
-}
-
-/// `[http]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Where the API listens.
-    #[serde(default = "default_http_listen")]
-    pub listen: SocketAddr,
-    /// Base URL for backend callbacks; `http://{listen}` when absent.
-    #[serde(default)]
-    pub public_url: Option<String>,
-}
-
-/// `[store]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// Directory holding `yijian.db`.
-    #[serde(default = "default_data_dir")]
-    pub data_dir: PathBuf,
-    /// Most commands per group commit.
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
-}
-
-/// `[rules]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RulesConfig {
-    /// Rules directory; `None` means `./rules` if present, else the built-in rules.
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
-    /// How long after a request the cancel gesture may still cancel it, in seconds.
-    #[serde(default = "default_cancel_window")]
-    pub cancel_window_s: u64,
-    /// IANA time zone of residents with none of their own (and of devices bound to no
-    /// resident): rules' `time` windows are local times. Empty: such presses have no known
-    /// local time, and no rule with `time` matches them.
-    #[serde(default = "default_time_zone")]
-    pub time_zone: String,
-    /// How often the rules directory is checked for changed files, in milliseconds; 0 turns
-    /// watching off (SIGHUP still reloads).
-    #[serde(default = "default_watch_interval")]
-    pub watch_interval_ms: u64,
-}
-
-impl Default for RulesConfig {
-    fn default() -> Self {
-        RulesConfig {
-            dir: None,
-            cancel_window_s: default_cancel_window(),
-            time_zone: default_time_zone(),
-            watch_interval_ms: default_watch_interval(),
-        }
-    }
-}
-
-fn default_cancel_window() -> u64 {
-    120
-}
-fn default_time_zone() -> String {
-    "Asia/Shanghai".to_owned()
-}
-fn default_watch_interval() -> u64 {
-    1000
-}
-
-/// `[notify]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyConfig {
-    /// The notification backend (an HTTP webhook, e.g. an SMS gateway), named like a dispatch
-    /// backend under `[backends.NAME]`. Absent: contacts are not notified, and the request's
-    /// history says so.
-    #[serde(default)]
-    pub backend: Option<String>,
-}
-
-/// `[dispatch]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DispatchConfig {
-    /// First backoff delay.
-    #[serde(default = "default_backoff_initial")]
-    pub backoff_initial_ms: u64,
-    /// Largest backoff delay.
-    #[serde(default = "default_backoff_max")]
-    pub backoff_max_ms: u64,
-    /// Attempts on one backend before failing over.
-    #[serde(default = "default_attempts_per_backend")]
-    pub attempts_per_backend: u32,
-    /// Consecutive failures that open a backend's circuit.
-    #[serde(default = "default_breaker_failures")]
-    pub breaker_failures: u32,
-    /// How long an open circuit waits before a probe.
-    #[serde(default = "default_breaker_cooldown")]
-    pub breaker_cooldown_ms: u64,
-    /// Most requests in dispatch at once.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
-    /// How long a backend cancellation or a contact notification is retried before it is
-    /// given up (and the request's history says so), in seconds.
-    #[serde(default = "default_followup_deadline")]
-    pub followup_deadline_s: u64,
-}
-
-/// `[shutdown]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// On SIGTERM, how long dispatches in flight may take to finish before they are left in
-    /// the outbox for the next start, in milliseconds.
-    #[serde(default = "default_grace_ms")]
-    pub grace_ms: u64,
-}
-
-fn default_grace_ms() -> u64 {
-    10_000
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig {
-            grace_ms: default_grace_ms(),
-        }
-    }
-}
-
-/// `[services.NAME]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    /// Backend names in order of preference; `desk` is the operator queue.
-    #[serde(default)]
-    pub backends: Vec<String>,
-    /// Timeout of one HTTP attempt; the service's default when absent.
-    #[serde(default)]
-    pub attempt_timeout_ms: Option<u64>,
-    /// Seconds from the press until a human operator takes over; the service's default when absent.
-    #[serde(default)]
-    pub deadline_s: Option<u64>,
-    /// Notify the resident's contacts through `[notify] backend` when a request of this
-    /// service goes to the desk; default true for `rescue`, false for the others.
-    #[serde(default)]
-    pub notify_contacts: Option<bool>,
-}
-
-/// `[backends.NAME]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    /// Where requests are POSTed.
-    pub url: String,
-    /// Environment variable holding the bearer token (kept out of files and logs).
-    #[serde(default)]
-    pub token_env: Option<String>,
-}
-
-fn default_mqtt_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 1883))
-}
-fn default_http_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-fn default_max_payload() -> usize {
-    16 * 1024
-}
-fn default_max_connections() -> usize {
-    200_000
-}
-fn default_connect_timeout() -> u16 {
-    10_000
-}
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("data")
-}
-fn default_max_batch() -> usize {
-    1024
-}
-fn default_backoff_initial() -> u64 {
-    200
-}
-fn default_backoff_max() -> u64 {
-    5000
-}
-fn default_attempts_per_backend() -> u32 {
-    3
-}
-fn default_breaker_failures() -> u32 {
-    5
-}
-fn default_breaker_cooldown() -> u64 {
-    10_000
-}
-fn default_max_in_flight() -> usize {
-    20_000
-}
-fn default_followup_deadline() -> u64 {
-    3600
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            listen: default_mqtt_listen(),
-            max_payload_size: default_max_payload(),
-            max_connections: default_max_connections(),
-            connect_timeout_ms: default_connect_timeout(),
-            tls: None,
-        }
-    }
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: default_http_listen(),
-            public_url: None,
-        }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            data_dir: default_data_dir(),
-            max_batch: default_max_batch(),
-        }
-    }
-}
-
-impl Default for DispatchConfig {
-    fn default() -> Self {
-        DispatchConfig {
-            backoff_initial_ms: default_backoff_initial(),
-            backoff_max_ms: default_backoff_max(),
-            attempts_per_backend: default_attempts_per_backend(),
-            breaker_failures: default_breaker_failures(),
-            breaker_cooldown_ms: default_breaker_cooldown(),
-            max_in_flight: default_max_in_flight(),
-            followup_deadline_s: default_followup_deadline(),
-        }
-    }
-}
-
-/// Default attempt timeout and deadline of each service.
-fn service_defaults(service: Service) -> (u64, u64) {
-    match service {
-        Service::Rescue => (2000, 20),
-        Service::Taxi => (3000, 120),
-        Service::Hospital => (3000, 300),
-        Service::WelfareCheck => (3000, 600),
-        Service::Maintenance => (3000, 3600),
-    }
-}
-
-/// A service's routing, resolved and validated.
-#[derive(Debug, Clone)]
-pub struct ServiceRoute {
-    /// Backend names in order; may include `desk`.
-    pub backends: Vec<String>,
-    /// Timeout of one attempt.
-    pub attempt_timeout: Duration,
-    /// From request creation until escalation to `desk`.
-    pub deadline: Duration,
-    /// Whether the resident's contacts are notified when it goes to the desk.
-    pub notify_contacts: bool,
+    pub flood: FloodConfig,
 }
 
 /// Why a configuration cannot be used: every problem found, one per line.
