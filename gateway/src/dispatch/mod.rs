@@ -146,6 +146,7 @@ pub fn start(
             name,
             config.dispatch.breaker_failures,
             Duration::from_millis(config.dispatch.breaker_cooldown_ms),
+            crate::clock::Clock::system(),
         );
         backends.insert(
             name.clone(),
