@@ -206,6 +206,7 @@ impl Gateway {
             store.clone(),
             shutdown.clone(),
             abort.clone(),
+            clock::Clock::system(),
         )?;
         let residents = residents::Residents::new(store.clone(), &config.rules.time_zone);
         let watch_every = Duration::from_millis(config.rules.watch_interval_ms);

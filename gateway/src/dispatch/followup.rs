@@ -6,9 +6,10 @@
 //! across a restart) and whenever the writer rings after committing new ones, and writes each
 //! outcome back into the request's history.
 
+use super::backend::Backend;
+use super::backoff;
 use super::http::{self, AttemptResult};
-use super::{backoff, Backend};
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::followup::{Ending, Kind};
 use crate::store::{Followup, Store, StoreError};
@@ -17,7 +18,6 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Timeout of one follow-up attempt.
@@ -35,6 +35,8 @@ pub struct Deliverer {
     backends: Arc<HashMap<String, Backend>>,
     /// (key, target) being delivered, so a sweep does not start a second delivery.
     in_flight: Mutex<HashSet<(String, String)>>,
+    /// The follow-up deadline, backoff and journal timestamps read it.
+    clock: Clock,
 }
 
 impl Deliverer {
@@ -43,6 +45,7 @@ impl Deliverer {
         client: reqwest::Client,
         config: Arc<Config>,
         backends: Arc<HashMap<String, Backend>>,
+        clock: Clock,
     ) -> Self {
         Deliverer {
             store,
@@ -50,6 +53,7 @@ impl Deliverer {
             config,
             backends,
             in_flight: Mutex::new(HashSet::new()),
+            clock,
         }
     }
 
@@ -76,9 +80,9 @@ impl Deliverer {
             return Some(Ending::Unconfigured);
         };
         let dcfg = &self.config.dispatch;
-        let left_ms =
-            (f.created_at + dcfg.followup_deadline_s as i64 * 1000 - now_ms()).max(0) as u64;
-        let deadline = Instant::now() + Duration::from_millis(left_ms);
+        let deadline = self
+            .clock
+            .instant_at(f.created_at + dcfg.followup_deadline_s as i64 * 1000);
         let (initial, max) = (
             Duration::from_millis(dcfg.backoff_initial_ms),
             Duration::from_millis(dcfg.backoff_max_ms),
@@ -86,13 +90,15 @@ impl Deliverer {
         let body = Bytes::from(f.body.clone());
         let mut failures = 0u32;
         loop {
-            let now = Instant::now();
+            let now = self.clock.now();
             if now >= deadline {
                 return Some(Ending::Expired);
             }
             let wait = if backend.breaker.allow() {
                 f.attempts += 1;
-                self.store.followup_attempt(f, f.attempts, now_ms()).await;
+                self.store
+                    .followup_attempt(f, f.attempts, self.clock.now_ms())
+                    .await;
                 let result = tokio::select! {
                     r = http::post(&self.client, url.clone(), backend.http.token.as_deref(), &f.key, f.attempts, body.clone(), ATTEMPT_TIMEOUT.min(deadline - now)) => r,
                     _ = shutdown.cancelled() => return None,
@@ -123,11 +129,11 @@ impl Deliverer {
                 backend
                     .breaker
                     .retry_at()
-                    .saturating_duration_since(Instant::now())
+                    .saturating_duration_since(self.clock.now())
                     .max(Duration::from_millis(10))
             };
             tokio::select! {
-                _ = tokio::time::sleep_until((Instant::now() + wait).min(deadline)) => {}
+                _ = tokio::time::sleep_until((self.clock.now() + wait).min(deadline)) => {}
                 _ = shutdown.cancelled() => return None,
             }
         }
@@ -150,7 +156,7 @@ impl Deliverer {
             loop {
                 match self
                     .store
-                    .followup_finished(f.clone(), ending, now_ms())
+                    .followup_finished(f.clone(), ending, self.clock.now_ms())
                     .await
                 {
                     Ok(()) | Err(StoreError::Closed) => break,

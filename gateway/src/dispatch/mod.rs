@@ -1,29 +1,37 @@
-//! Stage 5 of the path — dispatch: each journaled [`Request`] goes to its service's backends in
-//! order (DESIGN §4): per-attempt timeout, exponential backoff with jitter, failover, a circuit
-//! breaker per backend, and escalation to `desk` — the built-in operator queue — when the
-//! service deadline passes, every backend refuses, or `desk` is next in line.
+//! Stage 5 of the path, after the journal — dispatch: each journaled [`Request`] goes to its
+//! service's backends in order (DESIGN §4): per-attempt timeout, exponential backoff with
+//! jitter, failover, a circuit breaker per backend, and escalation to `desk` — the built-in
+//! operator queue — when the service deadline passes, every backend refuses, or `desk` is
+//! next in line.
 //!
 //! Nothing is dropped: until a request is dispatched or escalated its outbox row stays in the
 //! journal and is replayed at the next start; the Idempotency-Key makes a replay harmless.
+//!
+//! This file is the queue and the worker pool: requests in, one task per request, its ending
+//! journaled. The decision table of a request's routing is `decide.rs`, the loop that carries
+//! it out `attempt.rs`. Every timer reads the [`Clock`] handed to [`start`].
 
+mod attempt;
+mod backend;
 pub mod backoff;
 pub mod breaker;
+pub mod decide;
 pub mod followup;
 pub mod http;
 pub mod update;
 
-use crate::clock::now_ms;
-use crate::config::{Config, ConfigError, DESK};
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
 use crate::residents::RESIDENT_UNKNOWN_TAG;
-use crate::store::{AttemptRecord, NotifyContacts, Request, Store, StoreError};
+use crate::store::{NotifyContacts, Request, Store, StoreError};
 use crate::telemetry;
-use breaker::Breaker;
-use http::{AttemptResult, HttpBackend};
-use std::collections::{HashMap, HashSet};
+use attempt::{Attempts, Ending};
+use backend::Backend;
+use decide::{reason, Policy};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -64,13 +72,6 @@ impl DispatchHandle {
     }
 }
 
-/// One configured backend and its breaker (shared by dispatch and follow-ups: a dead backend
-/// is dead for both).
-struct Backend {
-    http: HttpBackend,
-    breaker: Breaker,
-}
-
 struct Dispatcher {
     store: Store,
     client: reqwest::Client,
@@ -78,31 +79,8 @@ struct Dispatcher {
     backends: Arc<HashMap<String, Backend>>,
     active: Arc<Mutex<HashMap<String, CancellationToken>>>,
     shutdown: CancellationToken,
-}
-
-/// Why a request went to the desk (the `reason` label of `yijian_escalations_total`).
-mod reason {
-    /// `desk` is the service's first backend.
-    pub const ROUTED: &str = "routed";
-    /// Every earlier backend failed and `desk` is next in the list.
-    pub const FAILOVER: &str = "failover";
-    /// Every backend refused the request (4xx).
-    pub const REFUSED: &str = "refused";
-    /// The service deadline passed.
-    pub const DEADLINE: &str = "deadline";
-    /// Every reason, for registering the metric's series at zero.
-    pub const ALL: &[&str] = &[ROUTED, FAILOVER, REFUSED, DEADLINE];
-}
-
-enum Ending {
-    Dispatched {
-        backend: String,
-        reference: Option<String>,
-        eta_s: Option<u32>,
-    },
-    Escalated(&'static str),
-    /// Cancelled by the resident, or the gateway is stopping (the outbox keeps it).
-    Abandoned,
+    /// Deadlines, backoff and journal timestamps read it (tests drive it).
+    clock: Clock,
 }
 
 /// Build the dispatcher and start its loop, and the follow-up deliverer beside it (both
@@ -111,57 +89,17 @@ enum Ending {
 /// Shutdown has two phases: `stop` ends the taking of new work (what is queued stays in the
 /// outbox for the next start) while dispatches in flight go on; `abort` abandons those too
 /// (their outbox rows remain). The tasks end when both their loop and their in-flight work have.
+///
+/// `clock` is what every deadline, backoff, `Retry-After` and breaker timer reads:
+/// `Clock::system()` in the gateway, a paused tokio clock in tests.
 pub fn start(
     config: Arc<Config>,
     store: Store,
     stop: CancellationToken,
     abort: CancellationToken,
+    clock: Clock,
 ) -> Result<(DispatchHandle, Vec<tokio::task::JoinHandle<()>>), ConfigError> {
-    let mut problems = Vec::new();
-    let mut backends = HashMap::new();
-    for (name, b) in &config.backends {
-        let token = match &b.token_env {
-            Some(var) => match std::env::var(var) {
-                Ok(t) if !t.is_empty() => Some(t),
-                _ => {
-                    problems.push(format!(
-                        "[backends.{name}]: environment variable {var} (token_env) is not set"
-                    ));
-                    None
-                }
-            },
-            None => None,
-        };
-        let url = match reqwest::Url::parse(&b.url) {
-            Ok(u) => u,
-            Err(e) => {
-                problems.push(format!("[backends.{name}]: url: {e}"));
-                continue;
-            }
-        };
-        let breaker = Breaker::new(
-            name,
-            config.dispatch.breaker_failures,
-            Duration::from_millis(config.dispatch.breaker_cooldown_ms),
-        );
-        backends.insert(
-            name.clone(),
-            Backend {
-                http: HttpBackend {
-                    name: name.clone(),
-                    url,
-                    token,
-                },
-                breaker,
-            },
-        );
-    }
-    if !problems.is_empty() {
-        return Err(ConfigError {
-            source_name: None,
-            problems,
-        });
-    }
+    let backends = backend::configured(&config, &clock)?;
     telemetry::escalation_reasons(reason::ALL);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
@@ -190,6 +128,7 @@ pub fn start(
             client.clone(),
             config.clone(),
             backends.clone(),
+            clock.clone(),
         ),
         stop.clone(),
         abort.clone(),
@@ -201,6 +140,7 @@ pub fn start(
         backends,
         active: active.clone(),
         shutdown: abort,
+        clock,
     });
     let task = tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
@@ -264,7 +204,7 @@ impl Dispatcher {
                 reference,
                 eta_s,
             } => {
-                let at = now_ms();
+                let at = self.clock.now_ms();
                 let applied = self
                     .journal(|| {
                         self.store
@@ -285,7 +225,7 @@ impl Dispatcher {
                 let applied = self
                     .journal(|| {
                         self.store
-                            .escalated(&req.id, why, contacts.clone(), now_ms())
+                            .escalated(&req.id, why, contacts.clone(), self.clock.now_ms())
                     })
                     .await;
                 // The device hears `escalated` from the change feed.
@@ -357,9 +297,9 @@ impl Dispatcher {
 
     async fn route(&self, req: &Request, token: &CancellationToken) -> Ending {
         let route = self.config.route(req.service);
-        let remaining_ms =
-            (req.created_at + route.deadline.as_millis() as i64 - now_ms()).max(0) as u64;
-        let deadline = Instant::now() + Duration::from_millis(remaining_ms);
+        // The deadline runs from the request's creation (a replayed request has less time
+        // left), read on the same clock the waits are measured on.
+        let deadline = attempt::deadline(&self.clock, req.created_at, route.deadline);
         let callback = format!(
             "{}/api/v1/requests/{}/events",
             self.config.public_url(),
@@ -367,164 +307,21 @@ impl Dispatcher {
         );
         let body = http::body(req, self.resident_block(req).await, &callback);
         let dcfg = &self.config.dispatch;
-        let (initial, max) = (
-            Duration::from_millis(dcfg.backoff_initial_ms),
-            Duration::from_millis(dcfg.backoff_max_ms),
-        );
-        let mut attempt_no = req.attempts;
-        let mut refused: HashSet<&str> = HashSet::new();
-        // A backend's `Retry-After`: not asked again before then, even in the next round.
-        let mut not_before: HashMap<&str, Instant> = HashMap::new();
-        let http_backends: Vec<&str> = route
-            .backends
-            .iter()
-            .map(String::as_str)
-            .filter(|b| *b != DESK)
-            .collect();
-        let mut round = 0u32;
-        loop {
-            let mut failed_any = false;
-            for (pos, name) in route.backends.iter().enumerate() {
-                if name == DESK {
-                    return Ending::Escalated(if pos == 0 {
-                        reason::ROUTED
-                    } else {
-                        reason::FAILOVER
-                    });
-                }
-                if refused.contains(name.as_str()) {
-                    continue;
-                }
-                let Some(backend) = self.backends.get(name) else {
-                    continue;
-                };
-                for i in 0..dcfg.attempts_per_backend {
-                    if not_before
-                        .get(name.as_str())
-                        .is_some_and(|t| *t > Instant::now())
-                    {
-                        break;
-                    }
-                    if !backend.breaker.allow() {
-                        break;
-                    }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Ending::Escalated(reason::DEADLINE);
-                    }
-                    attempt_no += 1;
-                    let timeout = route.attempt_timeout.min(deadline - now);
-                    let started_ms = now_ms();
-                    if token.is_cancelled() {
-                        return Ending::Abandoned;
-                    }
-                    // A cancel does not abort an attempt in flight: the backend may be taking
-                    // the request right now, and if it does, `dispatched` owes it a cancellation.
-                    let result = tokio::select! {
-                        r = http::attempt(&self.client, &backend.http, &req.id, attempt_no, body.clone(), timeout) => r,
-                        _ = self.shutdown.cancelled() => return Ending::Abandoned,
-                    };
-                    let elapsed = now.elapsed();
-                    telemetry::dispatch_attempt(name, result.label(), elapsed);
-                    self.store
-                        .attempt(AttemptRecord {
-                            request_id: req.id.clone(),
-                            backend: name.clone(),
-                            attempt: attempt_no,
-                            result: result.label(),
-                            started_at: started_ms,
-                            elapsed_ms: elapsed.as_millis() as u64,
-                        })
-                        .await;
-                    match result {
-                        AttemptResult::Accepted { reference, eta_s } => {
-                            backend.breaker.success();
-                            return Ending::Dispatched {
-                                backend: name.clone(),
-                                reference,
-                                eta_s,
-                            };
-                        }
-                        AttemptResult::Conflict => {
-                            backend.breaker.success();
-                            return Ending::Dispatched {
-                                backend: name.clone(),
-                                reference: None,
-                                eta_s: None,
-                            };
-                        }
-                        AttemptResult::Refused(status) => {
-                            backend.breaker.success();
-                            tracing::warn!(backend = %name, status, "backend refused the request");
-                            refused.insert(name.as_str());
-                            break;
-                        }
-                        AttemptResult::Failed { label, retry_after } => {
-                            backend.breaker.failure();
-                            if let Some(ra) = retry_after {
-                                not_before.insert(name.as_str(), Instant::now() + ra);
-                            }
-                            failed_any = true;
-                            tracing::debug!(backend = %name, result = label, "attempt failed");
-                            if i + 1 < dcfg.attempts_per_backend {
-                                let wait = retry_after.unwrap_or_else(|| {
-                                    backoff::delay(
-                                        round * dcfg.attempts_per_backend + i,
-                                        initial,
-                                        max,
-                                        &mut rand::thread_rng(),
-                                    )
-                                });
-                                if let Some(e) = self.pause(wait, deadline, token).await {
-                                    return e;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            if !http_backends.is_empty() && http_backends.iter().all(|b| refused.contains(b)) {
-                return Ending::Escalated(reason::REFUSED);
-            }
-            // Another round: once the first backend may be asked again (its circuit lets a
-            // probe through, its Retry-After has passed), and after a backoff if something
-            // failed. Either way no later than the deadline.
-            let ready = http_backends
-                .iter()
-                .filter(|b| !refused.contains(*b))
-                .filter_map(|b| self.backends.get(*b).map(|be| (b, be)))
-                .map(|(b, be)| {
-                    be.breaker
-                        .retry_at()
-                        .max(not_before.get(b).copied().unwrap_or_else(Instant::now))
-                })
-                .min()
-                .unwrap_or(deadline);
-            let ready_in = ready.saturating_duration_since(Instant::now());
-            let wait = if failed_any {
-                backoff::delay(round + 1, initial, max, &mut rand::thread_rng()).max(ready_in)
-            } else {
-                ready_in.max(Duration::from_millis(10))
-            };
-            if let Some(e) = self.pause(wait, deadline, token).await {
-                return e;
-            }
-            round += 1;
+        let policy = Policy {
+            backends: &route.backends,
+            attempts_per_backend: dcfg.attempts_per_backend,
+            attempt_timeout: route.attempt_timeout,
+            backoff_initial: Duration::from_millis(dcfg.backoff_initial_ms),
+            backoff_max: Duration::from_millis(dcfg.backoff_max_ms),
+        };
+        Attempts {
+            transport: &self.client,
+            backends: &self.backends,
+            clock: &self.clock,
+            log: &self.store,
+            shutdown: &self.shutdown,
         }
-    }
-
-    /// Sleep `wait`, but wake for the deadline, a cancel or shutdown.
-    async fn pause(
-        &self,
-        wait: Duration,
-        deadline: Instant,
-        token: &CancellationToken,
-    ) -> Option<Ending> {
-        let until = (Instant::now() + wait).min(deadline);
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => {}
-            _ = token.cancelled() => return Some(Ending::Abandoned),
-        }
-        (Instant::now() >= deadline).then_some(Ending::Escalated(reason::DEADLINE))
+        .route(&req.id, req.attempts, policy, deadline, body, token)
+        .await
     }
 }
