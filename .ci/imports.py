@@ -13,10 +13,13 @@ import os, re, sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gateway", "src")
 # The path a press travels, then what sits beside it. A stage may use the stages after it.
 # `main` and `admin` (the CLI) and `lib` (the wiring) sit on top; `api` and `desk` are the
-# outer surface; then the path itself.
-ORDER = ["main", "admin", "lib", "api", "desk", "broker", "source", "adapter", "intake",
-         "supervision", "lifecycle", "flood", "rules", "devices", "residents", "dispatch",
-         "feedback", "store", "config", "telemetry", "clock"]
+# outer surface; then the path itself in the order a press travels: the embedded broker,
+# intake (which looks up the device and its resident, then asks the rules), dispatch, feedback.
+# At the bottom the ports every stage may use, as they may use config and telemetry: the MQTT
+# seam (`adapter` decodes, `source` reads and publishes) and the journal (`store`).
+ORDER = ["main", "admin", "lib", "api", "desk", "broker", "intake", "supervision",
+         "lifecycle", "flood", "residents", "devices", "rules", "dispatch", "feedback",
+         "adapter", "source", "store", "telemetry", "config", "clock"]
 
 
 def modpath(rel):

@@ -22,7 +22,7 @@ pub mod update;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
-use crate::residents::RESIDENT_UNKNOWN_TAG;
+use crate::store::RESIDENT_UNKNOWN_TAG;
 use crate::store::{NotifyContacts, Request, Store, StoreError};
 use crate::telemetry;
 use attempt::{Attempts, Ending};

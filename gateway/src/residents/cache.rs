@@ -6,9 +6,9 @@
 //! this cache and the device directory when it moves. Time zones are resolved once per
 //! resident, never per press.
 
-use super::Resident;
 use crate::devices::Directory;
 use crate::rules::AttrValue;
+use crate::store::Resident;
 use crate::store::Store;
 use jiff::tz::TimeZone;
 use std::collections::{BTreeMap, HashMap};

@@ -3,8 +3,8 @@
 //! the whole file is good (the caller writes all residents in one transaction).
 
 use super::csv;
-use super::{Contact, Location, Resident};
 use crate::rules::AttrValue;
+use crate::store::{Contact, Location, Resident};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

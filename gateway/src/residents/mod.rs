@@ -20,9 +20,7 @@ pub use cache::{ResidentInfo, Residents};
 use crate::store::AttrValue;
 pub use crate::store::{Contact, Location, Resident};
 
-/// Tag added to a request whose device is bound to no known resident: the backend gets
-/// `"resident": null` and must ask the caller where to go.
-pub const RESIDENT_UNKNOWN_TAG: &str = "resident_unknown";
+pub use crate::store::RESIDENT_UNKNOWN_TAG;
 
 impl Resident {
     /// Every problem with this record, in words that say how to fix it; empty when valid.

@@ -9,15 +9,14 @@
 //! its `seq`), so nothing is skipped; what it reads back carries the request's state as it is
 //! now, which is what a device or a console should hear anyway.
 
-use super::model::{Notice, RequestState};
-use super::Store;
+pub use super::model::{Change, Created};
+
+use super::engine::Engine;
 use crate::telemetry;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::broadcast;
-use yijian_wire::Service;
 
 /// How many changes a subscriber may fall behind before it reads from the journal instead.
 pub const CAPACITY: usize = 16_384;
@@ -35,39 +34,6 @@ pub const KINDS: &[&str] = &[
     "cancelled",
     "callback",
 ];
-
-/// One committed request transition.
-#[derive(Debug, Clone)]
-pub struct Change {
-    /// The history entry's position (`request_events.seq`): increases in commit order.
-    pub seq: i64,
-    /// The request.
-    pub request_id: String,
-    /// Its service.
-    pub service: Service,
-    /// Its state after the change.
-    pub state: RequestState,
-    /// The history's event kind (one of [`KINDS`]).
-    pub kind: String,
-    /// When, gateway clock, epoch ms.
-    pub at: i64,
-    /// What a device hears because of it, when a device is to be told: the device whose press
-    /// started the request (or that the request names), and the press it answers.
-    pub notice: Option<Notice>,
-    /// For a request a press just created: what the `received` latency metrics need.
-    pub created: Option<Created>,
-}
-
-/// The timing of a press that created a request, carried to whoever sends `received`.
-#[derive(Debug, Clone, Copy)]
-pub struct Created {
-    /// The press's time on the device clock, epoch ms.
-    pub press_at: i64,
-    /// When intake took the press off the wire (monotonic: intake → received).
-    pub intake_started: Option<Instant>,
-    /// When the commit finished, epoch ms (the `journaled` stage).
-    pub journaled_at: i64,
-}
 
 /// The publishing side, held by the engine's writer; cheap to clone.
 #[derive(Clone)]
@@ -103,7 +69,8 @@ impl Changes {
 /// in order, including those it would have lost by lagging.
 pub struct ChangeStream {
     rx: broadcast::Receiver<Arc<Change>>,
-    store: Store,
+    /// Where missed changes are read back from.
+    engine: Arc<dyn Engine>,
     /// The last `seq` handed out.
     last: i64,
     /// Changes read back from the journal after a lag, not yet handed out.
@@ -116,11 +83,11 @@ pub struct ChangeStream {
 const CATCH_UP: u32 = 4_096;
 
 impl ChangeStream {
-    pub(super) fn new(store: Store, changes: &Changes, name: &'static str) -> Self {
+    pub(super) fn new(engine: Arc<dyn Engine>, changes: &Changes, name: &'static str) -> Self {
         let (rx, last) = changes.subscribe();
         ChangeStream {
             rx,
-            store,
+            engine,
             last,
             backlog: VecDeque::new(),
             name,
@@ -153,7 +120,11 @@ impl ChangeStream {
     async fn catch_up(&mut self) {
         let mut from = self.last;
         loop {
-            match self.store.changes_since(from, CATCH_UP).await {
+            let engine = self.engine.clone();
+            let read = tokio::task::spawn_blocking(move || engine.changes_since(from, CATCH_UP))
+                .await
+                .unwrap_or_else(|e| Err(super::error::StoreError::Db(Arc::new(e))));
+            match read {
                 Ok(read) => {
                     let full = read.len() as u32 >= CATCH_UP;
                     if let Some(c) = read.last() {
@@ -177,8 +148,9 @@ impl ChangeStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::model::PressAction;
-    use crate::store::PressEntry;
+    use crate::store::model::{PressAction, RequestState};
+    use crate::store::{PressEntry, Store};
+    use yijian_wire::Service;
     use yijian_wire::{Gesture, Press, Priority};
 
     fn press(id: &str, at: i64) -> PressEntry {

@@ -8,10 +8,9 @@
 //! the CLI and the admin API, in whatever process, beside a running gateway: they are their own
 //! transactions, not the writer's commands.
 
-use super::changes::Change;
 use super::error::StoreError;
 use super::followup::Followup;
-use super::model::{Notice, Request};
+use super::model::{Change, Notice, Request};
 use super::records::{CredentialChange, CredentialEntry, DeviceRecord, NewDevice, Resident};
 use super::views::{ListFilter, RequestView};
 

@@ -97,7 +97,7 @@ impl Store {
     /// Subscribe to the change feed: every request transition committed from now on, in order
     /// (`name` labels the lag metric).
     pub fn changes(&self, name: &'static str) -> ChangeStream {
-        ChangeStream::new(self.clone(), &self.changes, name)
+        ChangeStream::new(self.engine.clone(), &self.changes, name)
     }
 
     // --- writes (the Command protocol) ---

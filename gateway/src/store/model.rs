@@ -350,3 +350,36 @@ pub struct AttemptRecord {
     /// How long it took.
     pub elapsed_ms: u64,
 }
+
+/// One committed request transition.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The history entry's position (`request_events.seq`): increases in commit order.
+    pub seq: i64,
+    /// The request.
+    pub request_id: String,
+    /// Its service.
+    pub service: Service,
+    /// Its state after the change.
+    pub state: RequestState,
+    /// The history's event kind (one of `changes::KINDS`).
+    pub kind: String,
+    /// When, gateway clock, epoch ms.
+    pub at: i64,
+    /// What a device hears because of it, when a device is to be told: the device whose press
+    /// started the request (or that the request names), and the press it answers.
+    pub notice: Option<Notice>,
+    /// For a request a press just created: what the `received` latency metrics need.
+    pub created: Option<Created>,
+}
+
+/// The timing of a press that created a request, carried to whoever sends `received`.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    /// The press's time on the device clock, epoch ms.
+    pub press_at: i64,
+    /// When intake took the press off the wire (monotonic: intake → received).
+    pub intake_started: Option<std::time::Instant>,
+    /// When the commit finished, epoch ms (the `journaled` stage).
+    pub journaled_at: i64,
+}

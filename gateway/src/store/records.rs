@@ -5,6 +5,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Tag added to a request whose device is bound to no known resident: the backend gets
+/// `"resident": null` and must ask the caller where to go.
+pub const RESIDENT_UNKNOWN_TAG: &str = "resident_unknown";
+
 /// A resident attribute value, as stored with the resident and written in rules.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -5,7 +5,7 @@
 //! ([`lifecycle::cancel_press`] decides).
 
 use super::followup;
-use super::requests::{event, nothing_to_cancel, Effects};
+use super::history::{event, nothing_to_cancel, Effects};
 use crate::store::changes::Change;
 use crate::store::error::StoreError;
 use crate::store::lifecycle::{self, CancelPress};

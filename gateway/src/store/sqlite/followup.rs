@@ -1,7 +1,7 @@
 //! The follow-ups outbox (`crate::store::followup`): written in the same transaction as the
 //! change that needs it, read back by the deliverer, closed with its outcome in the history.
 
-use super::requests::event;
+use super::history::event;
 use crate::clock::rfc3339_ms;
 use crate::store::error::StoreError;
 use crate::store::followup::{notify_body, About, Ending, Followup, Kind, NotifyContacts};

@@ -3,12 +3,13 @@
 //! on a thread of its own. The only place in the gateway that names `rusqlite`.
 //!
 //! Files: [`schema`] (settings and migrations), [`writer`] (the loop), [`requests`] and
-//! [`cancel`] (each command's statements), [`followup`], [`reads`], [`devices`],
-//! [`residents`], [`stages`].
+//! [`cancel`] (each command's statements), [`history`] (the history rows and a batch's
+//! effects), [`followup`], [`reads`], [`devices`], [`residents`], [`stages`].
 
 mod cancel;
 mod devices;
 mod followup;
+mod history;
 mod reads;
 mod requests;
 mod residents;

@@ -3,6 +3,7 @@
 //! reads the current row, asks, and writes what it decided, recording every transition for the
 //! change feed and the open-request gauges ([`Effects`]).
 
+use super::history::{event, nothing_to_cancel, Effects};
 use super::{cancel, followup};
 use crate::store::changes::{Change, Created};
 use crate::store::command::{OperatorAction, Transition};
@@ -14,72 +15,35 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use yijian_wire::{FeedbackState, Service};
 
-/// What one batch's commands did besides their rows: applied to the gauges and published on
-/// the change feed only once the batch is committed.
-#[derive(Default)]
-pub(super) struct Effects {
-    /// Open-request count changes: (service, from, to).
-    pub deltas: Vec<(Service, Option<RequestState>, Option<RequestState>)>,
-    /// Transitions for the change feed, in order.
-    pub changes: Vec<Change>,
-}
-
-impl Effects {
-    /// Where a command's effects begin, so a command rolled back to its savepoint leaves none.
-    pub fn mark(&self) -> (usize, usize) {
-        (self.deltas.len(), self.changes.len())
+/// Record a transition of `cur` to `to` for the gauges and the change feed.
+#[allow(clippy::too_many_arguments)]
+fn transition(
+    fx: &mut Effects,
+    seq: i64,
+    cur: &Current,
+    request_id: &str,
+    to: RequestState,
+    kind: &str,
+    at: i64,
+    notice: Option<Notice>,
+) {
+    if cur.state != to {
+        fx.deltas.push((cur.service, Some(cur.state), Some(to)));
     }
-
-    /// Forget what was recorded since `mark`.
-    pub fn rollback(&mut self, mark: (usize, usize)) {
-        self.deltas.truncate(mark.0);
-        self.changes.truncate(mark.1);
-    }
-
-    fn transition(
-        &mut self,
-        seq: i64,
-        cur: &Current,
-        request_id: &str,
-        to: RequestState,
-        kind: &str,
-        at: i64,
-        notice: Option<Notice>,
-    ) {
-        if cur.state != to {
-            self.deltas.push((cur.service, Some(cur.state), Some(to)));
-        }
-        self.changes.push(Change {
-            seq,
-            request_id: request_id.to_owned(),
-            service: cur.service,
-            state: to,
-            kind: kind.to_owned(),
-            at,
-            notice,
-            created: None,
-        });
-    }
+    fx.changes.push(Change {
+        seq,
+        request_id: request_id.to_owned(),
+        service: cur.service,
+        state: to,
+        kind: kind.to_owned(),
+        at,
+        notice,
+        created: None,
+    });
 }
 
 fn new_request_id() -> String {
     format!("rq_{}", ulid::Ulid::new())
-}
-
-/// Append to a request's history; returns the entry's `seq`.
-pub(super) fn event(
-    c: &Connection,
-    request_id: &str,
-    at: i64,
-    kind: &str,
-    state: Option<RequestState>,
-    detail: Option<serde_json::Value>,
-) -> Result<i64, StoreError> {
-    c.prepare_cached(
-        "INSERT INTO request_events (request_id, at, kind, state, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![request_id, at, kind, state.map(|s| s.as_str()), detail.map(|d| d.to_string())])?;
-    Ok(c.last_insert_rowid())
 }
 
 /// Journal a press: a new request, a duplicate, a cancel, or a press joining an open request.
@@ -343,7 +307,8 @@ fn pressed_again(
         press_id: Some(p.id.clone()),
         ..cur.notice_to(rid, cur.state, &e.device_id)
     };
-    fx.transition(
+    transition(
+        fx,
         seq,
         &cur,
         rid,
@@ -360,19 +325,6 @@ fn pressed_again(
         at: e.intake_at,
     });
     Ok(PressOutcome::PressedAgain { notice, update })
-}
-
-pub(super) fn nothing_to_cancel(device_id: &str, press_id: &str) -> Notice {
-    Notice {
-        device_id: device_id.to_owned(),
-        press_id: Some(press_id.to_owned()),
-        request_id: None,
-        service: None,
-        state: FeedbackState::Cancelled,
-        reference: None,
-        eta_s: None,
-        reason: Some("no open request to cancel".into()),
-    }
 }
 
 /// Where an already-journaled press stands.
@@ -583,7 +535,8 @@ pub(super) fn dispatched(
     cur.reference = reference.map(str::to_owned);
     cur.eta_s = eta_s;
     let notice = cur.notice(request_id, RequestState::Dispatched);
-    fx.transition(
+    transition(
+        fx,
         seq,
         &cur,
         request_id,
@@ -625,7 +578,8 @@ pub(super) fn escalated(
     )?;
     followup::queue_contacts(c, request_id, reason, contacts, at)?;
     let notice = cur.notice(request_id, RequestState::Escalated);
-    fx.transition(
+    transition(
+        fx,
         seq,
         &cur,
         request_id,
@@ -676,7 +630,7 @@ pub(super) fn operator(
     // The resident already heard "escalated" (a person has it): an acknowledgement changes
     // nothing for them, so their device is not told again.
     let told = notice.clone().filter(|_| action != OperatorAction::Ack);
-    fx.transition(seq, &cur, request_id, step.to, step.kind, at, told);
+    transition(fx, seq, &cur, request_id, step.to, step.kind, at, told);
     Ok(Transition::Applied {
         notice,
         from: cur.state,
@@ -725,7 +679,7 @@ pub(super) fn callback(
         cur.reference = Some(r.to_owned());
     }
     let notice = cur.notice(request_id, to);
-    fx.transition(seq, &cur, request_id, to, step.kind, at, notice.clone());
+    transition(fx, seq, &cur, request_id, to, step.kind, at, notice.clone());
     Ok(Transition::Applied {
         notice,
         from: cur.state,

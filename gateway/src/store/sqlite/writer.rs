@@ -7,7 +7,8 @@
 //! feed and answers every caller. Nobody therefore acts on something that is not durable: the
 //! device hears `received` only from the change feed, after the commit.
 
-use super::requests::{self, Effects};
+use super::history::{self, Effects};
+use super::requests;
 use super::{followup, StoreError};
 use crate::clock::now_ms;
 use crate::store::changes::Changes;
@@ -249,7 +250,7 @@ fn apply(
         } => {
             // One statement: atomic on its own, no savepoint needed.
             let detail = json!({"journaled_at": journaled_at});
-            if let Err(e) = requests::event(tx, &request_id, at, "received", None, Some(detail)) {
+            if let Err(e) = history::event(tx, &request_id, at, "received", None, Some(detail)) {
                 telemetry::store_error("received", &e);
             }
         }
