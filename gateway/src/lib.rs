@@ -26,6 +26,7 @@
 //! [`Gateway::start`] takes a configuration and a bound HTTP listener and returns once the
 //! gateway is ready; `main` only wires.
 
+pub mod adapter;
 pub mod admin;
 pub mod api;
 pub mod broker;
