@@ -40,6 +40,7 @@ pub mod intake;
 pub mod lifecycle;
 pub mod residents;
 pub mod rules;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 
