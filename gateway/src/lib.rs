@@ -166,16 +166,22 @@ impl Gateway {
         )
         .map_err(|e| StartError::Io(format!("cannot start the MQTT listener thread: {e}")))?;
 
-        let feedback = connect_with_retry(|| {
-            // Alive until the very end: dispatches finishing during the grace period still
-            // tell their devices.
-            feedback::FeedbackSender::connect(
-                &config.mqtt,
-                accounts.gateway_secret(),
-                abort.clone(),
-            )
-        })
-        .await?;
+        let source = source::Source::embedded(
+            config.mqtt.listen,
+            config.mqtt.max_payload_size,
+            accounts.gateway_secret_arc(),
+        );
+        let adapter: Arc<dyn adapter::Adapter> = Arc::new(adapter::YijianV1);
+        // Alive until the very end: dispatches finishing during the grace period still tell
+        // their devices.
+        let feedback = feedback::FeedbackSender::connect(
+            &source,
+            broker::GATEWAY_FEEDBACK_CLIENT,
+            adapter.clone(),
+            abort.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Mqtt(e.to_string()))?;
         ready.broker.store(true, Ordering::Release);
         let resumes =
             feedback::resume::start(resume, store.clone(), feedback.clone(), shutdown.clone());
@@ -217,29 +223,28 @@ impl Gateway {
             directory,
             residents,
             rules: reloader.live(),
+            adapter,
             feedback: feedback.clone(),
             dispatch: dispatch.clone(),
             cancel_window_ms: config.rules.cancel_window_s as i64 * 1000,
             attach_window_ms: config.flood.attach_window_s as i64 * 1000,
         });
-        let presses = connect_with_retry(|| {
-            intake::start_presses(
-                &config.mqtt,
-                accounts.gateway_secret(),
-                ctx.clone(),
-                shutdown.clone(),
-            )
-        })
-        .await?;
-        let statuses = connect_with_retry(|| {
-            intake::start_statuses(
-                &config.mqtt,
-                accounts.gateway_secret(),
-                ctx.clone(),
-                shutdown.clone(),
-            )
-        })
-        .await?;
+        let presses = intake::start_presses(
+            &source,
+            broker::GATEWAY_PRESS_CLIENT,
+            ctx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Mqtt(e.to_string()))?;
+        let statuses = intake::start_statuses(
+            &source,
+            broker::GATEWAY_STATUS_CLIENT,
+            ctx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Mqtt(e.to_string()))?;
         // Credential changes from here on drop live connections (revoke, rotate).
         let seen = store.read(store::credentials::last_seq).await?;
         let evictions = broker::evict::start(
@@ -368,26 +373,4 @@ impl Gateway {
         }
         self.stop().await;
     }
-}
-
-/// The broker's listener comes up asynchronously: retry the gateway's own connections briefly.
-async fn connect_with_retry<T, F, Fut>(mut connect: F) -> Result<T, StartError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, rumqttc::ConnectionError>>,
-{
-    let mut last = None;
-    for _ in 0..100 {
-        match connect().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    Err(StartError::Mqtt(format!(
-        "the gateway could not connect to its own broker: {}",
-        last.map(|e| e.to_string()).unwrap_or_default()
-    )))
 }

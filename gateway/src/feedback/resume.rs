@@ -26,7 +26,6 @@ use super::FeedbackSender;
 use crate::clock::now_ms;
 use crate::store::{read, Store};
 use crate::telemetry;
-use rumqttd::Subscription;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +47,18 @@ pub const SKIPPED_EVERY: Duration = Duration::from_secs(10);
 /// Devices looked up per journal read: a reconnect storm of 100,000 devices costs a few hundred
 /// reads, not 100,000.
 const BATCH: usize = 256;
+
+/// What happened to a device's subscription, as the vendored broker reports it (rumqttd
+/// patch 11, whose `Subscription` this mirrors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// A subscription the connection did not have: nothing published before reaches it.
+    New,
+    /// A persistent session's subscription, back where it left off.
+    Kept,
+    /// Its read position fell out of the broker's bounded log: messages were dropped for it.
+    Skipped,
+}
 
 /// Devices whose feedback subscription has just come up and who are owed their requests'
 /// states. Filled by the broker's router thread, drained by [`start`]'s task.
