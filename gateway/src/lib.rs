@@ -156,6 +156,8 @@ impl Gateway {
         let accounts = broker::Accounts::new(directory.clone(), &config.mqtt);
         let broker_stop = CancellationToken::new();
         let resume = Arc::new(feedback::resume::Resume::default());
+        // The embedded broker reports subscriptions (rumqttd patch 11): no status fallback.
+        resume.hooks_available(true);
         let broker_thread = broker::start(
             &config.mqtt,
             &config.flood,
@@ -183,8 +185,12 @@ impl Gateway {
         .await
         .map_err(|e| StartError::Mqtt(e.to_string()))?;
         ready.broker.store(true, Ordering::Release);
-        let resumes =
-            feedback::resume::start(resume, store.clone(), feedback.clone(), shutdown.clone());
+        let resumes = feedback::resume::start(
+            resume.clone(),
+            store.clone(),
+            feedback.clone(),
+            shutdown.clone(),
+        );
 
         let (dispatch, dispatch_tasks) = dispatch::start(
             config.clone(),
@@ -225,6 +231,7 @@ impl Gateway {
             rules: reloader.live(),
             adapter,
             feedback: feedback.clone(),
+            resume,
             dispatch: dispatch.clone(),
             cancel_window_ms: config.rules.cancel_window_s as i64 * 1000,
             attach_window_ms: config.flood.attach_window_s as i64 * 1000,

@@ -3,6 +3,7 @@
 use crate::adapter::Adapter;
 use crate::devices::Directory;
 use crate::dispatch::DispatchHandle;
+use crate::feedback::resume::Resume;
 use crate::feedback::FeedbackSender;
 use crate::residents::Residents;
 use crate::rules::RuleSet;
@@ -23,6 +24,8 @@ pub struct IntakeContext {
     pub adapter: Arc<dyn Adapter>,
     /// Feedback publisher.
     pub feedback: FeedbackSender,
+    /// Told when a device comes online, for brokers that do not report subscriptions.
+    pub resume: Arc<Resume>,
     /// Where new requests go.
     pub dispatch: DispatchHandle,
     /// Cancel window, in milliseconds.

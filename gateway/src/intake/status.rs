@@ -23,6 +23,8 @@ pub(super) struct Presence {
 /// What one status changed.
 #[derive(Debug, PartialEq, Eq)]
 struct Seen {
+    /// What the device said before (`None`: nothing since the gateway started).
+    was: Option<bool>,
     /// Write it to the journal: it changed, or the last write is [`STATUS_PERSIST_MS`] old.
     persist: bool,
 }
@@ -55,7 +57,7 @@ impl Presence {
         } else if let Some(entry) = self.online.get_mut(device_id) {
             entry.0 = online;
         }
-        Seen { persist }
+        Seen { was, persist }
     }
 }
 
@@ -99,6 +101,7 @@ pub(super) async fn take(ctx: &IntakeContext, presence: &mut Presence, m: &Messa
         let json = serde_json::to_string(&status).expect("status serializes");
         ctx.store.status(device_id, status.online, json, now);
     }
+    ctx.resume.status(device_id, seen.was, status.online);
     telemetry::devices_connected(presence.online_count, presence.offline_count);
 }
 
@@ -128,10 +131,21 @@ mod tests {
     #[test]
     fn a_status_is_written_on_change_or_once_a_minute() {
         let mut p = Presence::default();
-        assert!(p.observe("d1", true, 0).persist, "the first status");
-        assert!(
-            !p.observe("d1", true, STATUS_PERSIST_MS - 1).persist,
-            "a heartbeat within the minute"
+        let first = p.observe("d1", true, 0);
+        assert_eq!(
+            first,
+            Seen {
+                was: None,
+                persist: true
+            }
+        );
+        let heartbeat = p.observe("d1", true, STATUS_PERSIST_MS - 1);
+        assert_eq!(
+            heartbeat,
+            Seen {
+                was: Some(true),
+                persist: false
+            }
         );
         assert!(
             p.observe("d1", true, STATUS_PERSIST_MS).persist,
@@ -141,8 +155,13 @@ mod tests {
             !p.observe("d1", true, STATUS_PERSIST_MS + 1).persist,
             "the minute counts from the last write"
         );
-        assert!(
-            p.observe("d1", false, STATUS_PERSIST_MS + 2).persist,
+        let gone = p.observe("d1", false, STATUS_PERSIST_MS + 2);
+        assert_eq!(
+            gone,
+            Seen {
+                was: Some(true),
+                persist: true
+            },
             "a change is written at once"
         );
     }
