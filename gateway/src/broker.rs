@@ -15,6 +15,7 @@ pub mod tls;
 
 use crate::config::MqttConfig;
 use crate::devices::{self, Directory};
+use crate::feedback::resume;
 use crate::flood::{FloodConfig, TokenBucket};
 use crate::telemetry;
 use rumqttd::protocol::v4::V4;
@@ -336,7 +337,7 @@ pub fn start(
     flood: &FloodConfig,
     accounts: Accounts,
     tls: Option<Arc<tls::TlsHandshake>>,
-    resume: Arc<crate::feedback::resume::Resume>,
+    resume: Arc<resume::Resume>,
     stop: CancellationToken,
 ) -> std::io::Result<JoinHandle<()>> {
     // Commit-log limits per filter (rumqttd keeps them in memory, and counts only topic and
@@ -361,8 +362,15 @@ pub fn start(
     };
     // Every subscription put in place, and every one that lost messages, is reported to
     // `resume` (rumqttd patch 11): a device that missed feedback hears where its requests stand.
-    let router = rumqttd::Router::new(0, router_config)
-        .on_subscribe(move |client_id, filter, event| resume.subscribed(client_id, filter, event));
+    let router =
+        rumqttd::Router::new(0, router_config).on_subscribe(move |client_id, filter, event| {
+            let event = match event {
+                rumqttd::Subscription::New => resume::Subscription::New,
+                rumqttd::Subscription::Kept => resume::Subscription::Kept,
+                rumqttd::Subscription::Skipped => resume::Subscription::Skipped,
+            };
+            resume.subscribed(client_id, filter, event)
+        });
     let router_tx = router.spawn();
 
     let connections = |listener: Listener| {
@@ -436,31 +444,4 @@ pub fn start(
             // Dropping the runtime ends every connection task: devices see the broker go away.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
         })
-}
-
-/// One of the gateway's own connections to the embedded broker: persistent session, manual
-/// acks, TCP_NODELAY (small messages must not wait ~40 ms for Nagle and delayed ACKs), and room
-/// for the largest packet the broker lets a device send (a smaller limit would make rumqttc drop
-/// the connection on one oversized press, forever). `capacity` is the request queue's size.
-pub fn gateway_client(
-    cfg: &MqttConfig,
-    client_id: &str,
-    secret: &str,
-    capacity: usize,
-) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
-    let host = if cfg.listen.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        cfg.listen.ip().to_string()
-    };
-    let mut o = rumqttc::MqttOptions::new(client_id, host, cfg.listen.port());
-    o.set_credentials(client_id, secret);
-    o.set_clean_session(false);
-    o.set_manual_acks(true);
-    o.set_keep_alive(std::time::Duration::from_secs(30));
-    o.set_max_packet_size(cfg.max_payload_size + 1024, cfg.max_payload_size + 1024);
-    o.set_inflight(500);
-    let (client, mut events) = rumqttc::AsyncClient::new(o, capacity);
-    events.network_options.set_tcp_nodelay(true);
-    (client, events)
 }

@@ -1,60 +1,59 @@
-//! Stage 6 of the path — feedback: what the device hears back, published on
-//! `yijian/v1/devices/{id}/feedback` at QoS 1 over the gateway's own MQTT connection.
-//! [`resume`] tells a device that was away where its requests stand.
+//! Stage 6 of the path — feedback: what the device hears back, published at QoS 1 through the
+//! source's [`Publisher`] on the topic its adapter names (`yijian/v1/devices/{id}/feedback` for
+//! native devices). [`resume`] tells a device that was away where its requests stand.
 
 pub mod changes;
 pub mod resume;
 
-use crate::broker;
+use crate::adapter::Adapter;
 use crate::clock::now_ms;
-use crate::config::MqttConfig;
+use crate::source::{Incoming, Publisher, Source, SourceError};
 use crate::store::Notice;
 use crate::telemetry;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
-use std::time::Duration;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use yijian_wire::{topic, Feedback};
+use yijian_wire::Feedback;
+
+/// The feedback connection's request queue: publishes waiting to be written.
+const QUEUE: usize = 4096;
 
 /// Publishes feedback; cheap to clone.
 #[derive(Clone)]
 pub struct FeedbackSender {
-    client: AsyncClient,
+    /// The gateway's feedback connection.
+    publisher: Publisher,
+    /// Knows where a device hears its feedback, and whether it can be answered at all.
+    adapter: Arc<dyn Adapter>,
 }
 
 impl FeedbackSender {
-    /// Connect the gateway's feedback publisher and keep its event loop running until
-    /// `shutdown`. Returns once the first CONNACK has arrived.
+    /// Connect the gateway's feedback publisher (`client_id` at `source`) and keep its
+    /// connection running until `shutdown`. Returns once connected.
     pub async fn connect(
-        cfg: &MqttConfig,
-        secret: &str,
+        source: &Source,
+        client_id: &str,
+        adapter: Arc<dyn Adapter>,
         shutdown: CancellationToken,
-    ) -> Result<FeedbackSender, rumqttc::ConnectionError> {
-        let (client, mut events) =
-            broker::gateway_client(cfg, broker::GATEWAY_FEEDBACK_CLIENT, secret, 4096);
-        wait_connack(&mut events).await?;
+    ) -> Result<FeedbackSender, SourceError> {
+        let mut connection = source.connect(client_id, Vec::new(), QUEUE).await?;
+        let publisher = connection.publisher();
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    ev = events.poll() => if let Err(e) = ev {
-                        tracing::warn!(error = %e, "feedback connection lost; reconnecting");
-                        // rumqttc reconnects on the next poll; pace it so a dead broker is not spun on.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+            while let Some(event) = connection.next(&shutdown).await {
+                if let Incoming::Lost(e) = event {
+                    tracing::warn!(error = %e, "feedback connection lost; reconnecting");
                 }
             }
         });
-        Ok(FeedbackSender { client })
+        Ok(FeedbackSender { publisher, adapter })
     }
 
     /// Tell `device_id` about its press.
     pub async fn send(&self, device_id: &str, feedback: &Feedback) {
-        let t = topic::topic(device_id, topic::Kind::Feedback);
-        match self
-            .client
-            .publish(t, QoS::AtLeastOnce, false, feedback.to_json())
-            .await
-        {
+        // A device whose protocol cannot be answered has only the broker's PUBACK.
+        let Some(t) = self.adapter.feedback_topic(device_id) else {
+            return;
+        };
+        match self.publisher.publish(t, feedback.to_json()).await {
             Ok(()) => telemetry::feedback_sent(feedback.state),
             Err(e) => telemetry::feedback_failed(feedback.state, device_id, &e),
         }
@@ -64,16 +63,5 @@ impl FeedbackSender {
     pub async fn notify(&self, notice: &Notice) {
         self.send(&notice.device_id, &notice.feedback(now_ms()))
             .await;
-    }
-}
-
-/// Poll until the first CONNACK (or the first error).
-pub(crate) async fn wait_connack(
-    events: &mut EventLoop,
-) -> Result<rumqttc::ConnAck, rumqttc::ConnectionError> {
-    loop {
-        if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await? {
-            return Ok(ack);
-        }
     }
 }

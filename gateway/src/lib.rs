@@ -26,6 +26,7 @@
 //! [`Gateway::start`] takes a configuration and a bound HTTP listener and returns once the
 //! gateway is ready; `main` only wires.
 
+pub mod adapter;
 pub mod admin;
 pub mod api;
 pub mod broker;
@@ -39,6 +40,7 @@ pub mod intake;
 pub mod lifecycle;
 pub mod residents;
 pub mod rules;
+pub mod source;
 pub mod store;
 pub mod telemetry;
 
@@ -67,9 +69,9 @@ pub enum StartError {
     /// The TLS listener's certificate, key or client CA is unusable.
     #[error(transparent)]
     Tls(#[from] broker::tls::TlsError),
-    /// The gateway's own MQTT connections could not reach the embedded broker.
-    #[error("MQTT: the gateway could not connect to its own broker: {0}")]
-    Mqtt(#[source] rumqttc::ConnectionError),
+    /// The gateway's own MQTT connections could not reach the broker.
+    #[error("MQTT: {0}")]
+    Mqtt(#[source] source::SourceError),
     /// A listener could not be set up: `context` says which, `source` why.
     #[error("{context}: {source}")]
     Io {
@@ -170,6 +172,8 @@ impl Gateway {
         let accounts = broker::Accounts::new(directory.clone(), &config.mqtt);
         let broker_stop = CancellationToken::new();
         let resume = Arc::new(feedback::resume::Resume::default());
+        // The embedded broker reports subscriptions (rumqttd patch 11): no status fallback.
+        resume.hooks_available(true);
         let broker_thread = broker::start(
             &config.mqtt,
             &config.flood,
@@ -183,19 +187,29 @@ impl Gateway {
             source,
         })?;
 
-        let feedback = connect_with_retry(|| {
-            // Alive until the very end: dispatches finishing during the grace period still
-            // tell their devices.
-            feedback::FeedbackSender::connect(
-                &config.mqtt,
-                accounts.gateway_secret(),
-                abort.clone(),
-            )
-        })
-        .await?;
+        let source = source::Source::embedded(
+            config.mqtt.listen,
+            config.mqtt.max_payload_size,
+            accounts.gateway_secret_arc(),
+        );
+        let adapter: Arc<dyn adapter::Adapter> = Arc::new(adapter::YijianV1);
+        // Alive until the very end: dispatches finishing during the grace period still tell
+        // their devices.
+        let feedback = feedback::FeedbackSender::connect(
+            &source,
+            broker::GATEWAY_FEEDBACK_CLIENT,
+            adapter.clone(),
+            abort.clone(),
+        )
+        .await
+        .map_err(StartError::Mqtt)?;
         ready.broker.store(true, Ordering::Release);
-        let resumes =
-            feedback::resume::start(resume, store.clone(), feedback.clone(), shutdown.clone());
+        let resumes = feedback::resume::start(
+            resume.clone(),
+            store.clone(),
+            feedback.clone(),
+            shutdown.clone(),
+        );
         // Every committed transition is told to its device until the very end (`abort`, after
         // the grace period), so dispatches finishing while the gateway stops are heard. Not
         // among `tasks`: shutdown waits for those, and this one ends only at `abort`.
@@ -238,29 +252,29 @@ impl Gateway {
             directory,
             residents,
             rules: reloader.live(),
+            adapter,
             feedback: feedback.clone(),
+            resume,
             dispatch: dispatch.clone(),
             cancel_window_ms: config.rules.cancel_window_s as i64 * 1000,
             attach_window_ms: config.flood.attach_window_s as i64 * 1000,
         });
-        let presses = connect_with_retry(|| {
-            intake::start_presses(
-                &config.mqtt,
-                accounts.gateway_secret(),
-                ctx.clone(),
-                shutdown.clone(),
-            )
-        })
-        .await?;
-        let statuses = connect_with_retry(|| {
-            intake::start_statuses(
-                &config.mqtt,
-                accounts.gateway_secret(),
-                ctx.clone(),
-                shutdown.clone(),
-            )
-        })
-        .await?;
+        let presses = intake::start_presses(
+            &source,
+            broker::GATEWAY_PRESS_CLIENT,
+            ctx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(StartError::Mqtt)?;
+        let statuses = intake::start_statuses(
+            &source,
+            broker::GATEWAY_STATUS_CLIENT,
+            ctx.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(StartError::Mqtt)?;
         // Credential changes from here on drop live connections (revoke, rotate).
         let seen = store.last_credential_change().await?;
         let evictions = broker::evict::start(
@@ -390,23 +404,4 @@ impl Gateway {
         }
         self.stop().await;
     }
-}
-
-/// The broker's listener comes up asynchronously: retry the gateway's own connections briefly.
-async fn connect_with_retry<T, F, Fut>(mut connect: F) -> Result<T, StartError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, rumqttc::ConnectionError>>,
-{
-    let mut last = None;
-    for _ in 0..100 {
-        match connect().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    Err(StartError::Mqtt(last.expect("100 attempts were made")))
 }

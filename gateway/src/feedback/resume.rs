@@ -21,13 +21,20 @@
 //! outcome is journaled before its feedback is published, so a `dispatched` that fell before
 //! the subscription is in the journal by the time it is read here. Hearing a state twice is
 //! harmless to a device; missing one is not.
+//!
+//! Without those hooks (any broker but the vendored one: [`Resume::hooks_available`] is false)
+//! a device is told again when its status says it came online (`online: true` after `false`, or
+//! the first status heard since the gateway started: the broker's retained copy). That is
+//! coarser: every reconnect that the device's last will announced is told again, intact session
+//! or not, and a device that left without its will firing is not. It relies on the device
+//! contract (DESIGN §2) that a device subscribes to its feedback before it says it is online.
 
 use super::FeedbackSender;
 use crate::clock::now_ms;
 use crate::store::Store;
 use crate::telemetry;
-use rumqttd::Subscription;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -49,10 +56,26 @@ pub const SKIPPED_EVERY: Duration = Duration::from_secs(10);
 /// reads, not 100,000.
 const BATCH: usize = 256;
 
+/// What happened to a device's subscription, as the vendored broker reports it (rumqttd
+/// patch 11, whose `Subscription` this mirrors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// A subscription the connection did not have: nothing published before reaches it.
+    New,
+    /// A persistent session's subscription, back where it left off.
+    Kept,
+    /// Its read position fell out of the broker's bounded log: messages were dropped for it.
+    Skipped,
+}
+
 /// Devices whose feedback subscription has just come up and who are owed their requests'
-/// states. Filled by the broker's router thread, drained by [`start`]'s task.
+/// states. Filled by the broker's router thread (or, without its hooks, by intake's status
+/// stage), drained by [`start`]'s task.
 #[derive(Debug, Default)]
 pub struct Resume {
+    /// The broker reports subscriptions through [`Resume::subscribed`]; when false, statuses
+    /// going online stand in for them ([`Resume::status`]).
+    hooks: AtomicBool,
     /// A set, so a device that subscribes twice before it is served is served once, and the
     /// backlog is bounded by the number of devices.
     pending: Mutex<HashSet<String>>,
@@ -63,6 +86,20 @@ pub struct Resume {
 }
 
 impl Resume {
+    /// Whether the broker calls [`Resume::subscribed`] (the vendored embedded broker does). Set
+    /// before devices are admitted; until then the status fallback is in force.
+    pub fn hooks_available(&self, on: bool) {
+        self.hooks.store(on, Ordering::Release);
+    }
+
+    /// Intake's status stage: `device_id` says it is `online`, and was `was` (`None`: not heard
+    /// from since the gateway started). The fallback for brokers without subscribe hooks.
+    pub fn status(&self, device_id: &str, was: Option<bool>, online: bool) {
+        if owed_on_status(self.hooks.load(Ordering::Acquire), was, online) {
+            self.owe(device_id);
+        }
+    }
+
     /// The router's subscribe hook: `client_id`'s subscription on `filter` is in place or
     /// lost messages. Only a device's own feedback topic counts (the gateway's own
     /// subscriptions are to presses and statuses). Never blocks beyond a short lock: the router
@@ -79,10 +116,15 @@ impl Resume {
         if event == Subscription::Skipped && !self.first_skip_in_window(client_id) {
             return;
         }
+        self.owe(client_id);
+    }
+
+    /// `device` is owed its requests' states.
+    fn owe(&self, device: &str) {
         self.pending
             .lock()
             .expect("resume lock is never poisoned")
-            .insert(client_id.to_owned());
+            .insert(device.to_owned());
         self.wake.notify_one();
     }
 
@@ -109,6 +151,12 @@ impl Resume {
         }
         batch
     }
+}
+
+/// Whether a status tells the fallback that a device came back: only without the broker's hooks,
+/// and only on the step to online (a heartbeat repeating `online: true` is not a return).
+fn owed_on_status(hooks: bool, was: Option<bool>, online: bool) -> bool {
+    !hooks && online && was != Some(true)
 }
 
 /// Serve subscribed devices until `shutdown`.
@@ -183,6 +231,26 @@ mod tests {
         // A fresh subscription always is.
         r.subscribed("d1", "yijian/v1/devices/d1/feedback", Subscription::New);
         assert_eq!(r.take(10), vec!["d1".to_owned()]);
+    }
+
+    #[test]
+    fn without_hooks_a_device_coming_online_is_owed_its_states() {
+        // The decision: the step to online, from offline or from not heard of.
+        assert!(owed_on_status(false, None, true));
+        assert!(owed_on_status(false, Some(false), true));
+        assert!(!owed_on_status(false, Some(true), true), "a heartbeat");
+        assert!(!owed_on_status(false, Some(true), false), "going away");
+        assert!(!owed_on_status(false, None, false));
+        for was in [None, Some(false), Some(true)] {
+            assert!(!owed_on_status(true, was, true), "the hooks tell instead");
+        }
+        let r = Resume::default();
+        r.status("d1", None, true);
+        r.status("d2", Some(true), true);
+        assert_eq!(r.take(10), vec!["d1".to_owned()]);
+        r.hooks_available(true);
+        r.status("d3", Some(false), true);
+        assert!(r.take(10).is_empty(), "with hooks, statuses are not used");
     }
 
     #[test]
