@@ -1,30 +1,41 @@
 //! Yijian (一键) — the one-touch elderly service gateway.
 //!
-//! A press travels, one module per stage:
+//! A press travels, one module per stage, each using only the stages after it:
 //!
 //! ```text
-//! device ──MQTT──▶ broker ──▶ intake ──▶ rules ──▶ store ──▶ dispatch ──HTTP──▶ backends
-//!   ▲              (auth,    (decode,   (press →  (journal,  (retries, failover,     │
-//!   │               ACL)      validate,  decision) requests,  breaker, escalation    │
-//!   │                         dedupe)              outbox)    to `desk`)             │
-//!   └────────────── feedback ◀─────────────────────────────────┴── api (callbacks) ◀─┘
+//! device ─MQTT─▶ source ─▶ adapter ─▶ intake ─▶ rules ─▶ store ─▶ dispatch ─HTTP─▶ backends
+//!               (broker:  (yijian/v1: (device,   (press →  (journal, (retries, failover,  │
+//!                auth,     bytes →     resident, decision) outbox,   breaker, escalation │
+//!                ACL)      Press)      dedupe)             lifecycle) to `desk`)          │
+//!                                                  │                                      │
+//!                                       change feed (every committed transition)          │
+//!                                                  ├──▶ feedback ──▶ source ──▶ device    │
+//!                                                  └──▶ (console stream, supervision)     │
+//!                                        api (operators, callbacks) ◀────────────────────┘
 //! ```
 //!
-//! - [`broker`]: embedded rumqttd, device authentication, per-device topic ACL.
-//! - [`intake`]: the gateway's MQTT subscribers; acks in receive order after the journal.
-//! - [`rules`]: what a press becomes (service + priority, or cancel); hot-reloaded.
-//! - [`residents`]: who is behind a device: attributes and time zone for the rules, the
-//!   record for the backend, contacts to notify.
-//! - [`store`]: SQLite journal with group commit; `received` is sent only after its commit.
-//! - [`dispatch`]: the backend contract, retries, circuit breakers, escalation.
-//! - [`feedback`]: messages back to the device.
-//! - [`api`]: health, metrics, requests, operator actions, backend callbacks.
-//! - [`config`], [`telemetry`], [`devices`], [`admin`] (CLI subcommands), [`clock`].
-//! - Security controls (SECURITY.md): [`broker`]'s ACL, rate limit, TLS and eviction,
-//!   [`flood`], [`lifecycle`] (revoke, rotate), [`api::auth`] (tokens and roles).
+//! - [`broker`]: the embedded rumqttd, device authentication, per-device topic ACL, TLS,
+//!   eviction; [`source`]: the gateway's own MQTT connections to it (or, later, to an external
+//!   broker): read, ack in receive order, publish.
+//! - [`adapter`]: what a device's messages mean (`yijian/v1` first): topic + payload → `Press`
+//!   or `Status`, or a precise rejection; how a device is answered.
+//! - [`intake`]: decode, look up the device ([`devices`]) and its resident ([`residents`]), ask
+//!   the [`rules`], hand the press to the journal, answer what is not a transition.
+//! - [`store`]: the journal as a port — typed reads, the `Command` write protocol, the pure
+//!   request lifecycle, the change feed; SQLite (WAL, group commit) under `store/sqlite/`.
+//!   A device hears `received` only after its press's commit.
+//! - [`dispatch`]: the backend contract, retries, circuit breakers, escalation, follow-ups.
+//! - [`feedback`]: the change feed's subscriber that tells each device of its requests, and
+//!   the re-telling for a device that was away.
+//! - [`api`]: health, metrics, requests, operator actions, backend callbacks, tokens and roles.
+//! - Beside the path: [`config`] (every configuration type; imports no stage), [`telemetry`]
+//!   (metric names and one function per event), [`clock`] (injected time), [`admin`] (the CLI
+//!   subcommands, through the store's port), [`flood`] and [`lifecycle`] (security controls,
+//!   see SECURITY.md).
 //!
 //! [`Gateway::start`] takes a configuration and a bound HTTP listener and returns once the
-//! gateway is ready; `main` only wires.
+//! gateway is ready; `main` only wires. `.ci/imports.py` checks that no import runs in a circle
+//! or back up this path.
 
 pub mod adapter;
 pub mod admin;

@@ -1,18 +1,17 @@
 //! Feedback as a subscriber of the journal's change feed: every committed transition that names
 //! a device (the one whose press started the request, or the one the request is about) is told
-//! to that device — `received` after the press's commit, `dispatched`, `escalated`, `en_route`,
-//! `cancelled`, a press joining an open request, a cancel press flagged for an operator. Nobody
-//! else sends a request's progress to a device, so a transition is told once, in commit order,
-//! whichever stage (intake, dispatch, an operator, a backend's callback) caused it.
+//! to that device — `dispatched`, `escalated`, `en_route`, `arrived`, `closed`, `cancelled`, a
+//! press joining an open request, a cancel press flagged for an operator, the `received` of a
+//! request no press started. Nobody else sends a request's progress to a device, so each
+//! transition is told once, in commit order, whichever stage (dispatch, an operator, a
+//! backend's callback, intake) caused it.
 //!
-//! What is not a transition is answered where it happens: a duplicate press and a cancel press
-//! with nothing to cancel by intake, a rejected press by intake, a device that was away by
-//! [`super::resume`].
+//! What answers a press itself is sent by intake, right after the commit: `received` for the
+//! request it created (its change is marked `answered`), where a retransmitted press stands, a
+//! rejection. A device that was away is re-told by [`super::resume`].
 
 use super::FeedbackSender;
-use crate::clock::now_ms;
 use crate::store::{Change, Store};
-use crate::telemetry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -30,23 +29,14 @@ pub fn start(store: Store, sender: FeedbackSender, stop: CancellationToken) -> J
                 },
                 _ = stop.cancelled() => break,
             };
-            tell(&store, &sender, &change).await;
+            tell(&sender, &change).await;
         }
     })
 }
 
-async fn tell(store: &Store, sender: &FeedbackSender, change: &Change) {
-    let Some(notice) = &change.notice else {
-        return;
-    };
-    sender.notify(notice).await;
-    if let Some(created) = &change.created {
-        // The press's `received`: the latency every resident feels first.
-        let sent_at = now_ms();
-        if let Some(started) = created.intake_started {
-            telemetry::intake_to_received(started.elapsed());
-        }
-        telemetry::press_to_received(change.service, created.press_at, sent_at);
-        store.received_sent(&change.request_id, Some(created.journaled_at), sent_at);
+async fn tell(sender: &FeedbackSender, change: &Change) {
+    match &change.notice {
+        Some(notice) if !change.answered => sender.notify(notice).await,
+        _ => {}
     }
 }

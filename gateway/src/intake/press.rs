@@ -26,6 +26,7 @@ static NO_ATTRIBUTES: BTreeMap<String, AttrValue> = BTreeMap::new();
 /// A press waiting for the journal's commit, kept in receive order.
 pub(super) struct Pending {
     pub(super) rx: oneshot::Receiver<Result<PressOutcome, StoreError>>,
+    pub(super) started: Instant,
     pub(super) gesture: Gesture,
     /// `device_id \0 press_id`, in [`InFlight`] until the commit answers.
     pub(super) key: String,
@@ -180,11 +181,11 @@ async fn take_valid(
         resident_id: device.resident_id.as_deref().map(str::to_owned),
         intake_at,
         attach_window_ms: ctx.attach_window_ms,
-        intake_started: Some(started),
     };
     match ctx.store.submit_press(entry).await {
         Ok(rx) => Some(Pending {
             rx,
+            started,
             gesture,
             key,
             span,

@@ -1,16 +1,19 @@
-//! After the journal: the responder waits for each press's commit in receive order, answers
-//! what is not a request's transition (a duplicate, a cancel with nothing to cancel) and hands
-//! new requests to dispatch. A transition (`received`, `cancelled`, a press joining an open
-//! request) reaches the device from the change feed (`feedback::changes`).
+//! After the journal: the responder waits for each press's commit in receive order, answers the
+//! press (`received` for a new request, where it stands for a duplicate, a cancel with nothing
+//! to cancel) and hands new requests to dispatch. Every later transition — and a cancel or a
+//! press joining an open request — reaches the device from the change feed
+//! (`feedback::changes`), whichever stage caused it.
 
 use super::context::IntakeContext;
 use super::press::{InFlight, Pending};
+use crate::clock::now_ms;
 use crate::store::PressOutcome;
 use crate::telemetry;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::Instrument;
-use yijian_wire::Gesture;
+use yijian_wire::{Feedback, Gesture};
 
 /// Wait for each journal answer in receive order and act on it.
 pub(super) async fn responder(
@@ -20,6 +23,7 @@ pub(super) async fn responder(
 ) {
     while let Some(Pending {
         rx,
+        started,
         gesture,
         key,
         span,
@@ -29,7 +33,7 @@ pub(super) async fn responder(
         in_flight.remove(&key);
         match result {
             Ok(Ok(outcome)) => {
-                after_commit(&ctx, outcome, gesture, &span)
+                after_commit(&ctx, outcome, started, gesture, &span)
                     .instrument(span.clone())
                     .await
             }
@@ -47,16 +51,36 @@ pub(super) async fn responder(
 async fn after_commit(
     ctx: &IntakeContext,
     outcome: PressOutcome,
+    started: Instant,
     gesture: Gesture,
     span: &tracing::Span,
 ) {
     match outcome {
         PressOutcome::Created(req) => {
-            // The device hears `received` from the change feed (feedback::changes): the commit
-            // that answered here has already published it.
             span.record("request_id", req.id.as_str());
+            // The press's answer, here rather than from the change feed (its change is marked
+            // `answered`): in receive order, and before the request goes to dispatch, so the
+            // resident hears `received` before any backend is called.
+            let (Some(device_id), Some(press)) = (req.device_id.as_deref(), req.press()) else {
+                return;
+            };
+            let fb = Feedback {
+                press: Some(press.id.clone()),
+                request: Some(req.id.clone()),
+                service: Some(req.service),
+                state: yijian_wire::FeedbackState::Received,
+                reference: None,
+                eta_s: None,
+                reason: None,
+                at: now_ms(),
+            };
+            ctx.feedback.send(device_id, &fb).await;
+            let sent_at = now_ms();
+            telemetry::intake_to_received(started.elapsed());
+            telemetry::press_to_received(req.service, press.at, sent_at);
             telemetry::press_received(gesture, "request");
             telemetry::request_created(req.service, req.priority);
+            ctx.store.received_sent(&req.id, req.journaled_at, sent_at);
             tracing::info!(service = %req.service, priority = %req.priority, "request created");
             ctx.dispatch.submit(req).await;
         }
@@ -91,9 +115,9 @@ async fn after_commit(
         }
         PressOutcome::PressedAgain { notice, update } => {
             // Flood control (crate::flood): the press joined the open request; the device hears
-            // where that request stands from the change feed, the backend holding it hears of
-            // the urgency.
+            // where that request stands, the backend holding it hears of the urgency.
             telemetry::press_received(gesture, "pressed_again");
+            // The device hears where the request stands from the change feed.
             let _ = notice;
             if let Some(u) = update {
                 ctx.dispatch.pressed_again(u);

@@ -9,7 +9,7 @@
 //! its `seq`), so nothing is skipped; what it reads back carries the request's state as it is
 //! now, which is what a device or a console should hear anyway.
 
-pub use super::model::{Change, Created};
+pub use super::model::Change;
 
 use super::engine::Engine;
 use crate::telemetry;
@@ -172,7 +172,6 @@ mod tests {
             resident_id: None,
             intake_at: at,
             attach_window_ms: 0,
-            intake_started: None,
         }
     }
 
@@ -198,6 +197,8 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..3 {
             let c = feed.next().await.expect("a change");
+            // Intake answers the press that created the request; the feed tells the rest.
+            assert_eq!(c.answered, c.kind == "created", "{c:?}");
             seen.push((c.kind.clone(), c.state, c.notice.as_ref().map(|n| n.state)));
         }
         use yijian_wire::FeedbackState as F;

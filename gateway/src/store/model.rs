@@ -133,8 +133,6 @@ pub struct PressEntry {
     /// this many milliseconds, instead of opening a second one (flood control: a stuck button
     /// must not book ten taxis). 0 turns it off.
     pub attach_window_ms: i64,
-    /// When intake took the press off the wire, for the intake → received latency.
-    pub intake_started: Option<std::time::Instant>,
 }
 
 /// Where a request came from (DESIGN §3): the lifecycle is the same for all three.
@@ -369,17 +367,9 @@ pub struct Change {
     /// What a device hears because of it, when a device is to be told: the device whose press
     /// started the request (or that the request names), and the press it answers.
     pub notice: Option<Notice>,
-    /// For a request a press just created: what the `received` latency metrics need.
-    pub created: Option<Created>,
-}
-
-/// The timing of a press that created a request, carried to whoever sends `received`.
-#[derive(Debug, Clone, Copy)]
-pub struct Created {
-    /// The press's time on the device clock, epoch ms.
-    pub press_at: i64,
-    /// When intake took the press off the wire (monotonic: intake → received).
-    pub intake_started: Option<std::time::Instant>,
-    /// When the commit finished, epoch ms (the `journaled` stage).
-    pub journaled_at: i64,
+    /// The device has already been told, by the stage that caused the change: intake answers
+    /// the press that created a request with `received` itself, right after the commit and
+    /// before the request goes to dispatch (so the resident hears it before any backend is
+    /// called). A subscriber that tells devices skips it.
+    pub answered: bool,
 }

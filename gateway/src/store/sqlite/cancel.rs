@@ -104,7 +104,7 @@ pub(super) fn press(
             kind: "cancel_requested".into(),
             at: e.intake_at,
             notice: Some(notice.clone()),
-            created: None,
+            answered: false,
         });
         return Ok(PressOutcome::CancelFlagged(notice));
     }
@@ -150,7 +150,7 @@ pub(super) fn press(
         kind: "cancelled".into(),
         at: e.intake_at,
         notice: Some(notice.clone()),
-        created: None,
+        answered: false,
     });
     Ok(PressOutcome::Cancelled {
         notice,
@@ -244,7 +244,6 @@ mod tests {
             intake_at: at,
             // Flood control off: these tests are about cancelling.
             attach_window_ms: 0,
-            intake_started: None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! on a thread of its own. The only place in the gateway that names `rusqlite`.
 //!
 //! Files: [`schema`] (settings and migrations), [`writer`] (the loop), [`requests`] and
-//! [`cancel`] (each command's statements), [`history`] (the history rows and a batch's
+//! [`cancel`] (new requests), [`transitions`] (what happens to them after), [`history`] (the history rows and a batch's
 //! effects), [`followup`], [`reads`], [`devices`], [`residents`], [`stages`].
 
 mod cancel;
@@ -15,6 +15,7 @@ mod requests;
 mod residents;
 mod schema;
 mod stages;
+mod transitions;
 mod writer;
 
 use crate::store::changes::{Change, Changes};

@@ -312,6 +312,9 @@ pub(super) fn changes_since(
             row?;
         let service: Service = service.parse().map_err(StoreError::Corrupt)?;
         let state: RequestState = state.parse().map_err(StoreError::Corrupt)?;
+        // A press's `received` was intake's answer (`Change::answered`); an acknowledgement is
+        // not told to the device (it already heard `escalated`).
+        let answered = kind == "created" && press_id.is_some();
         let notice = device_id
             .filter(|_| kind != "acknowledged")
             .map(|device_id| Notice {
@@ -332,7 +335,7 @@ pub(super) fn changes_since(
             kind,
             at,
             notice,
-            created: None,
+            answered,
         });
     }
     Ok(out)

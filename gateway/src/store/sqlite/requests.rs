@@ -1,46 +1,18 @@
-//! Requests in SQLite: each writer command's statements, inside the writer's transaction (one
-//! savepoint per command). What is allowed is decided by [`crate::store::lifecycle`]; this file
-//! reads the current row, asks, and writes what it decided, recording every transition for the
-//! change feed and the open-request gauges ([`Effects`]).
+//! New requests in SQLite, inside the writer's transaction (one savepoint per command): a press
+//! (a new request, a duplicate, a cancel, or a press joining an open one) and a request no
+//! press started. What a press may do is decided by [`crate::store::lifecycle`]; later
+//! transitions of a request are in [`super::transitions`].
 
+use super::cancel;
 use super::history::{event, nothing_to_cancel, Effects};
-use super::{cancel, followup};
-use crate::store::changes::{Change, Created};
-use crate::store::command::{OperatorAction, Transition};
+use super::transitions::{current, transition};
+use crate::store::changes::Change;
 use crate::store::error::StoreError;
-use crate::store::followup::NotifyContacts;
-use crate::store::lifecycle::{self, CallbackRefusal, OnAccepted, Stamp, Step};
+use crate::store::lifecycle;
 use crate::store::model::*;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 use yijian_wire::{FeedbackState, Service};
-
-/// Record a transition of `cur` to `to` for the gauges and the change feed.
-#[allow(clippy::too_many_arguments)]
-fn transition(
-    fx: &mut Effects,
-    seq: i64,
-    cur: &Current,
-    request_id: &str,
-    to: RequestState,
-    kind: &str,
-    at: i64,
-    notice: Option<Notice>,
-) {
-    if cur.state != to {
-        fx.deltas.push((cur.service, Some(cur.state), Some(to)));
-    }
-    fx.changes.push(Change {
-        seq,
-        request_id: request_id.to_owned(),
-        service: cur.service,
-        state: to,
-        kind: kind.to_owned(),
-        at,
-        notice,
-        created: None,
-    });
-}
 
 fn new_request_id() -> String {
     format!("rq_{}", ulid::Ulid::new())
@@ -134,12 +106,8 @@ pub(super) fn press(
                     eta_s: None,
                     reason: None,
                 }),
-                // The commit time is filled in once the batch is committed.
-                created: Some(Created {
-                    press_at: p.at,
-                    intake_started: e.intake_started,
-                    journaled_at: 0,
-                }),
+                // Intake answers the press itself (see `Change::answered`).
+                answered: true,
             });
             Ok(PressOutcome::Created(Request {
                 id: request_id,
@@ -206,7 +174,7 @@ pub(super) fn open(
             eta_s: None,
             reason: None,
         }),
-        created: None,
+        answered: false,
     });
     Ok(Request {
         id: request_id,
@@ -380,313 +348,6 @@ fn duplicate(c: &Connection, device_id: &str, press_id: &str) -> Result<Notice, 
     })
 }
 
-pub(super) fn attempt(c: &Connection, a: &AttemptRecord) -> Result<(), StoreError> {
-    event(
-        c,
-        &a.request_id,
-        a.started_at,
-        "attempt",
-        None,
-        Some(
-            json!({"backend": a.backend, "attempt": a.attempt, "result": a.result, "elapsed_ms": a.elapsed_ms}),
-        ),
-    )?;
-    c.prepare_cached("UPDATE outbox SET attempts = max(attempts, ?2) WHERE request_id = ?1")?
-        .execute(params![a.request_id, a.attempt])?;
-    Ok(())
-}
-
-/// What a notice needs and the current state of a request.
-pub(super) struct Current {
-    device_id: Option<String>,
-    press_id: Option<String>,
-    pub service: Service,
-    pub state: RequestState,
-    created_at: i64,
-    pub reference: Option<String>,
-    pub eta_s: Option<u32>,
-    /// The backend that accepted it (`desk` once escalated).
-    pub backend: Option<String>,
-}
-
-pub(super) fn current(c: &Connection, request_id: &str) -> Result<Option<Current>, StoreError> {
-    let row = c
-        .prepare_cached(
-            "SELECT device_id, press_id, service, state, created_at, backend_ref, eta_s, backend FROM requests WHERE request_id = ?1",
-        )?
-        .query_row(params![request_id], |r| {
-            Ok((
-                r.get::<_, Option<String>>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, Option<u32>>(6)?,
-                r.get::<_, Option<String>>(7)?,
-            ))
-        })
-        .optional()?;
-    let Some((device_id, press_id, service, state, created_at, reference, eta_s, backend)) = row
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Current {
-        device_id,
-        press_id,
-        service: service.parse().map_err(StoreError::Corrupt)?,
-        state: state.parse().map_err(StoreError::Corrupt)?,
-        created_at,
-        reference,
-        eta_s,
-        backend,
-    }))
-}
-
-impl Current {
-    /// What the request's device hears of it in `state`; `None` when it names no device.
-    pub(super) fn notice(&self, request_id: &str, state: RequestState) -> Option<Notice> {
-        let device = self.device_id.as_deref()?;
-        Some(self.notice_to(request_id, state, device))
-    }
-
-    fn notice_to(&self, request_id: &str, state: RequestState, device_id: &str) -> Notice {
-        Notice {
-            device_id: device_id.to_owned(),
-            press_id: self.press_id.clone(),
-            request_id: Some(request_id.to_owned()),
-            service: Some(self.service),
-            state: state.feedback(),
-            reference: self.reference.clone(),
-            eta_s: self.eta_s,
-            reason: None,
-        }
-    }
-}
-
-fn set_state(c: &Connection, request_id: &str, step: &Step, at: i64) -> Result<(), StoreError> {
-    let sql = match step.stamp {
-        Some(Stamp::Acknowledged) => "UPDATE requests SET state = ?2, updated_at = ?3, acked_at = coalesce(acked_at, ?3) WHERE request_id = ?1",
-        Some(Stamp::Closed) => "UPDATE requests SET state = ?2, updated_at = ?3, closed_at = coalesce(closed_at, ?3) WHERE request_id = ?1",
-        None => "UPDATE requests SET state = ?2, updated_at = ?3 WHERE request_id = ?1",
-    };
-    c.prepare_cached(sql)?
-        .execute(params![request_id, step.to.as_str(), at])?;
-    Ok(())
-}
-
-pub(super) fn dispatched(
-    c: &Connection,
-    request_id: &str,
-    backend: &str,
-    reference: Option<&str>,
-    eta_s: Option<u32>,
-    at: i64,
-    fx: &mut Effects,
-) -> Result<bool, StoreError> {
-    let Some(mut cur) = current(c, request_id)? else {
-        return Ok(false);
-    };
-    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?
-        .execute(params![request_id])?;
-    if let OnAccepted::Late { call_off } = lifecycle::on_accepted(cur.state) {
-        // Cancelled or closed while an attempt was in flight, and the backend took it after
-        // all: a cancelled request is called off there too.
-        event(
-            c,
-            request_id,
-            at,
-            "dispatched_late",
-            None,
-            Some(json!({"backend": backend, "ref": reference})),
-        )?;
-        if call_off {
-            let by: Option<String> = c
-                .prepare_cached(
-                    "SELECT json_extract(detail, '$.by') FROM request_events
-                     WHERE request_id = ?1 AND kind = 'cancelled' ORDER BY seq DESC LIMIT 1",
-                )?
-                .query_row(params![request_id], |r| r.get(0))
-                .optional()?
-                .flatten();
-            followup::queue_cancel(
-                c,
-                request_id,
-                backend,
-                by.as_deref().unwrap_or("resident"),
-                at,
-            )?;
-        }
-        return Ok(false);
-    }
-    c.prepare_cached(
-        "UPDATE requests SET state = 'dispatched', backend = ?2, backend_ref = ?3, eta_s = ?4, updated_at = ?5, dispatched_at = ?5
-         WHERE request_id = ?1",
-    )?
-    .execute(params![request_id, backend, reference, eta_s, at])?;
-    let seq = event(
-        c,
-        request_id,
-        at,
-        "dispatched",
-        Some(RequestState::Dispatched),
-        Some(json!({"backend": backend, "ref": reference, "eta_s": eta_s})),
-    )?;
-    cur.reference = reference.map(str::to_owned);
-    cur.eta_s = eta_s;
-    let notice = cur.notice(request_id, RequestState::Dispatched);
-    transition(
-        fx,
-        seq,
-        &cur,
-        request_id,
-        RequestState::Dispatched,
-        "dispatched",
-        at,
-        notice,
-    );
-    Ok(true)
-}
-
-pub(super) fn escalated(
-    c: &Connection,
-    request_id: &str,
-    reason: &str,
-    contacts: &NotifyContacts,
-    at: i64,
-    fx: &mut Effects,
-) -> Result<bool, StoreError> {
-    let Some(cur) = current(c, request_id)? else {
-        return Ok(false);
-    };
-    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?
-        .execute(params![request_id])?;
-    if !lifecycle::may_escalate(cur.state) {
-        return Ok(false);
-    }
-    c.prepare_cached(
-        "UPDATE requests SET state = 'escalated', backend = 'desk', updated_at = ?2, escalated_at = ?2 WHERE request_id = ?1",
-    )?
-    .execute(params![request_id, at])?;
-    let seq = event(
-        c,
-        request_id,
-        at,
-        "escalated",
-        Some(RequestState::Escalated),
-        Some(json!({"reason": reason})),
-    )?;
-    followup::queue_contacts(c, request_id, reason, contacts, at)?;
-    let notice = cur.notice(request_id, RequestState::Escalated);
-    transition(
-        fx,
-        seq,
-        &cur,
-        request_id,
-        RequestState::Escalated,
-        "escalated",
-        at,
-        notice,
-    );
-    Ok(true)
-}
-
-pub(super) fn operator(
-    c: &Connection,
-    request_id: &str,
-    action: OperatorAction,
-    at: i64,
-    fx: &mut Effects,
-) -> Result<Transition, StoreError> {
-    let Some(cur) = current(c, request_id)? else {
-        return Ok(Transition::NotFound);
-    };
-    let step = match lifecycle::operator(action, cur.state) {
-        Ok(step) => step,
-        Err(state) => return Ok(Transition::Conflict(state)),
-    };
-    set_state(c, request_id, &step, at)?;
-    c.prepare_cached("DELETE FROM outbox WHERE request_id = ?1")?
-        .execute(params![request_id])?;
-    let seq = event(
-        c,
-        request_id,
-        at,
-        step.kind,
-        Some(step.to),
-        Some(json!({"by": "operator", "was": cur.state.as_str()})),
-    )?;
-    if action == OperatorAction::Cancel {
-        cancel::tell_backend(
-            c,
-            request_id,
-            cur.state,
-            cur.backend.as_deref(),
-            "operator",
-            at,
-        )?;
-    }
-    let notice = cur.notice(request_id, step.to);
-    // The resident already heard "escalated" (a person has it): an acknowledgement changes
-    // nothing for them, so their device is not told again.
-    let told = notice.clone().filter(|_| action != OperatorAction::Ack);
-    transition(fx, seq, &cur, request_id, step.to, step.kind, at, told);
-    Ok(Transition::Applied {
-        notice,
-        from: cur.state,
-        created_at: cur.created_at,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(super) fn callback(
-    c: &Connection,
-    request_id: &str,
-    caller: Option<&str>,
-    to: RequestState,
-    eta_s: Option<u32>,
-    reference: Option<&str>,
-    at: i64,
-    fx: &mut Effects,
-) -> Result<Transition, StoreError> {
-    let Some(mut cur) = current(c, request_id)? else {
-        return Ok(Transition::NotFound);
-    };
-    let step = match lifecycle::callback(caller, cur.backend.as_deref(), cur.state, to) {
-        Ok(step) => step,
-        Err(CallbackRefusal::Forbidden) => return Ok(Transition::Forbidden),
-        Err(CallbackRefusal::Conflict(s)) => return Ok(Transition::Conflict(s)),
-    };
-    set_state(c, request_id, &step, at)?;
-    if eta_s.is_some() || reference.is_some() {
-        c.prepare_cached(
-            "UPDATE requests SET eta_s = coalesce(?2, eta_s), backend_ref = coalesce(?3, backend_ref) WHERE request_id = ?1",
-        )?
-        .execute(params![request_id, eta_s, reference])?;
-    }
-    let seq = event(
-        c,
-        request_id,
-        at,
-        step.kind,
-        Some(to),
-        Some(json!({"eta_s": eta_s, "ref": reference})),
-    )?;
-    if eta_s.is_some() {
-        cur.eta_s = eta_s;
-    }
-    if let Some(r) = reference {
-        cur.reference = Some(r.to_owned());
-    }
-    let notice = cur.notice(request_id, to);
-    transition(fx, seq, &cur, request_id, to, step.kind, at, notice.clone());
-    Ok(Transition::Applied {
-        notice,
-        from: cur.state,
-        created_at: cur.created_at,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use crate::store::{NewRequest, Origin, RequestState, Store};
@@ -716,7 +377,11 @@ mod tests {
             .await
             .expect("opened");
         let alone = store
-            .open_request(welfare_check(None))
+            .open_request(NewRequest {
+                // A millisecond later: the outbox is in creation order.
+                at: 1_764_324_000_001,
+                ..welfare_check(None)
+            })
             .await
             .expect("opened");
         assert_eq!(named.press(), None);
@@ -734,6 +399,10 @@ mod tests {
         // feed for everyone else (the console) but tells no device.
         let first = feed.next().await.expect("a change");
         let n = first.notice.as_ref().expect("the named device is told");
+        assert!(
+            !first.answered,
+            "no press was answered: the feed tells the device"
+        );
         assert_eq!(
             (n.device_id.as_str(), n.press_id.as_deref(), n.state),
             ("d-7", None, FeedbackState::Received)

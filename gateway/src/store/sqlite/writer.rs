@@ -8,8 +8,8 @@
 //! device hears `received` only from the change feed, after the commit.
 
 use super::history::{self, Effects};
-use super::requests;
 use super::{followup, StoreError};
+use super::{requests, transitions};
 use crate::clock::now_ms;
 use crate::store::changes::Changes;
 use crate::store::command::{Command, Reply, Transition, WriterState};
@@ -172,10 +172,7 @@ impl Writer {
                 if followup::take_queued() {
                     self.state.followups.notify_one();
                 }
-                for mut change in fx.changes {
-                    if let Some(c) = &mut change.created {
-                        c.journaled_at = committed_at;
-                    }
+                for change in fx.changes {
                     self.changes.publish(change);
                 }
                 for s in staged {
@@ -239,7 +236,7 @@ fn apply(
             staged.push(Staged::Opened(reply, r));
         }
         Command::Attempt(a) => {
-            if let Err(e) = in_savepoint(tx, fx, |c, _| requests::attempt(c, &a)) {
+            if let Err(e) = in_savepoint(tx, fx, |c, _| transitions::attempt(c, &a)) {
                 telemetry::store_error("attempt", &e);
             }
         }
@@ -263,7 +260,7 @@ fn apply(
             reply,
         } => {
             let r = in_savepoint(tx, fx, |c, fx| {
-                requests::dispatched(
+                transitions::dispatched(
                     c,
                     &request_id,
                     &backend,
@@ -283,7 +280,7 @@ fn apply(
             reply,
         } => {
             let r = in_savepoint(tx, fx, |c, fx| {
-                requests::escalated(c, &request_id, reason, &contacts, at, fx)
+                transitions::escalated(c, &request_id, reason, &contacts, at, fx)
             });
             staged.push(Staged::Applied(reply, r));
         }
@@ -315,7 +312,7 @@ fn apply(
             reply,
         } => {
             let r = in_savepoint(tx, fx, |c, fx| {
-                requests::operator(c, &request_id, action, at, fx)
+                transitions::operator(c, &request_id, action, at, fx)
             });
             staged.push(Staged::Transition(reply, r));
         }
@@ -329,7 +326,7 @@ fn apply(
             reply,
         } => {
             let r = in_savepoint(tx, fx, |c, fx| {
-                requests::callback(
+                transitions::callback(
                     c,
                     &request_id,
                     caller.as_deref(),
