@@ -85,6 +85,7 @@ const CATCH_UP: u32 = 4_096;
 impl ChangeStream {
     pub(super) fn new(engine: Arc<dyn Engine>, changes: &Changes, name: &'static str) -> Self {
         let (rx, last) = changes.subscribe();
+        telemetry::changes_subscribed(name);
         ChangeStream {
             rx,
             engine,

@@ -217,6 +217,12 @@ pub fn heap(allocated: u64, resident: u64) {
     gauge!(HEAP_RESIDENT_BYTES).set(resident as f64);
 }
 
+/// A change feed subscriber joined: its lag series exists (at zero) from the start, so a
+/// dashboard shows "none missed" rather than nothing.
+pub fn changes_subscribed(subscriber: &'static str) {
+    counter!(CHANGES_LAGGED_TOTAL, "subscriber" => subscriber).increment(0);
+}
+
 /// A change feed subscriber lagged by `missed` changes and catches up from the journal
 /// (`subscriber`: `feedback`, ...; bounded).
 pub fn changes_lagged(subscriber: &'static str, missed: u64) {
