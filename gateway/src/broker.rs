@@ -362,15 +362,18 @@ pub fn start(
     };
     // Every subscription put in place, and every one that lost messages, is reported to
     // `resume` (rumqttd patch 11): a device that missed feedback hears where its requests stand.
-    let router =
-        rumqttd::Router::new(0, router_config).on_subscribe(move |client_id, filter, event| {
+    // A press's PUBACK waits until intake acknowledges it, which it does once the press is in
+    // the journal (rumqttd patch 14): a PUBACK means "in the journal".
+    let router = rumqttd::Router::new(0, router_config)
+        .on_subscribe(move |client_id, filter, event| {
             let event = match event {
                 rumqttd::Subscription::New => resume::Subscription::New,
                 rumqttd::Subscription::Kept => resume::Subscription::Kept,
                 rumqttd::Subscription::Skipped => resume::Subscription::Skipped,
             };
             resume.subscribed(client_id, filter, event)
-        });
+        })
+        .defer_acks(topic::PRESS_FILTER);
     let router_tx = router.spawn();
 
     let connections = |listener: Listener| {

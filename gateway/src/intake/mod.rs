@@ -4,12 +4,13 @@
 //! receive order, and — once the journal has committed — answered to the device and handed to
 //! dispatch as a request ([`respond`]). Statuses keep track of who is online ([`status`]).
 //!
-//! NOTE: the PUBACK goes out when the press is queued for the journal, not after its commit.
-//! The embedded broker's memory dies with the gateway, so a commit-gated ack adds no safety:
-//! what guarantees a press is the device keeping it until `received` (sent only after the
-//! commit) and the journal's unique key (DESIGN §5). Gating it would cap intake at 100 presses
-//! (rumqttd's fixed window) per commit latency. A full journal queue still stops the acks and
-//! so pushes back on the broker.
+//! NOTE: a press is acknowledged to the broker only once it is in the journal (or answered at
+//! once, as a rejection or a copy of a press still being journaled), in receive order. The
+//! embedded broker withholds the device's PUBACK until then (rumqttd patch 14: deferred acks on
+//! the press filter), so a PUBACK means "in the journal" (DESIGN §2, §5): a QoS 1 device that
+//! forgets a press once it is acknowledged loses nothing to a crash or an overload. A commit
+//! that fails is retried; meanwhile nothing after it is acknowledged, and the broker's window
+//! (100 unacknowledged messages per connection) pushes back on it.
 //!
 //! Presses and statuses arrive on two separate connections: rumqttd's outgoing QoS 1 window is
 //! fixed at 100 per connection and acks must come in order, so heartbeats must never queue
@@ -44,27 +45,26 @@ pub async fn start_presses(
     let mut connection = source
         .connect(client_id, ctx.adapter.filters().presses, QUEUE)
         .await?;
-    let (pending_tx, pending_rx) = mpsc::channel::<press::Pending>(4096);
+    let (queue_tx, queue_rx) = mpsc::channel::<respond::Queued>(4096);
     let in_flight = press::InFlight::default();
     let responder = tokio::spawn(respond::responder(
-        pending_rx,
+        queue_rx,
         ctx.clone(),
         in_flight.clone(),
+        connection.acker(),
+        shutdown.clone(),
     ));
     Ok(tokio::spawn(async move {
         while let Some(event) = connection.next(&shutdown).await {
             match event {
                 Incoming::Message(m) => {
+                    let ack = m.ack_token();
                     let pending = press::take(&ctx, &in_flight, &m).await;
-                    // In receive order, on the connection that delivered it. At most 100
-                    // publishes are unacked at once, so this 1024-slot queue always has room.
-                    if let Err(e) = connection.ack(&m) {
-                        tracing::debug!(error = %e, "press ack not sent");
-                    }
-                    if let Some(pending) = pending {
-                        if pending_tx.send(pending).await.is_err() {
-                            break;
-                        }
+                    // Acknowledged by the responder, in receive order, once the press is in
+                    // the journal (a rejected one at its turn).
+                    let queued = respond::Queued { ack, pending };
+                    if queue_tx.send(queued).await.is_err() {
+                        break;
                     }
                 }
                 Incoming::Reconnected { session_present } => {
@@ -75,7 +75,7 @@ pub async fn start_presses(
                 }
             }
         }
-        drop(pending_tx);
+        drop(queue_tx);
         let _ = responder.await;
     }))
 }

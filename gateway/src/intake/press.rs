@@ -26,6 +26,9 @@ static NO_ATTRIBUTES: BTreeMap<String, AttrValue> = BTreeMap::new();
 /// A press waiting for the journal's commit, kept in receive order.
 pub(super) struct Pending {
     pub(super) rx: oneshot::Receiver<Result<PressOutcome, StoreError>>,
+    /// What was handed to the journal, handed again if its commit fails: the press is the
+    /// device's until it is on disk (its PUBACK waits for that).
+    pub(super) entry: PressEntry,
     pub(super) started: Instant,
     pub(super) gesture: Gesture,
     /// `device_id \0 press_id`, in [`InFlight`] until the commit answers.
@@ -182,9 +185,10 @@ async fn take_valid(
         intake_at,
         attach_window_ms: ctx.attach_window_ms,
     };
-    match ctx.store.submit_press(entry).await {
+    match ctx.store.submit_press(entry.clone()).await {
         Ok(rx) => Some(Pending {
             rx,
+            entry,
             started,
             gesture,
             key,

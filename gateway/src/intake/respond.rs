@@ -7,43 +7,102 @@
 use super::context::IntakeContext;
 use super::press::{InFlight, Pending};
 use crate::clock::now_ms;
+use crate::source::{AckToken, Acker};
 use crate::store::PressOutcome;
 use crate::telemetry;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use yijian_wire::{Feedback, Gesture};
 
-/// Wait for each journal answer in receive order and act on it.
+/// A press message in receive order: its acknowledgement to the broker, and what the journal
+/// was asked (nothing for a message answered at once: rejected, or a copy of a press whose
+/// original is still being journaled).
+pub(super) struct Queued {
+    /// Sent once the press is in the journal (or needed no journal), in receive order: with the
+    /// embedded broker's deferred acks (rumqttd patch 14) it releases the device's PUBACK.
+    pub(super) ack: AckToken,
+    pub(super) pending: Option<Pending>,
+}
+
+/// How long a press whose commit failed waits before it is handed to the journal again.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// Wait for each journal answer in receive order, act on it, then acknowledge the message.
 pub(super) async fn responder(
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Queued>,
     ctx: Arc<IntakeContext>,
     in_flight: InFlight,
+    acker: Acker,
+    shutdown: CancellationToken,
 ) {
-    while let Some(Pending {
-        rx,
+    while let Some(Queued { ack, pending }) = rx.recv().await {
+        if let Some(pending) = pending {
+            if !journal(&ctx, &in_flight, pending, &shutdown).await {
+                // The journal has stopped (the gateway is stopping): the press is not on disk,
+                // so it is not acknowledged; neither is anything after it (acks go in order).
+                break;
+            }
+        }
+        if let Err(e) = acker.ack(&ack) {
+            tracing::debug!(error = %e, "press ack not sent");
+        }
+    }
+}
+
+/// Wait for one press's commit and act on it. A failed commit (a full disk, a read-only mount)
+/// leaves the press unanswered and unacknowledged, and it is handed to the journal again until
+/// it is on disk; false when the journal has stopped instead.
+async fn journal(
+    ctx: &IntakeContext,
+    in_flight: &InFlight,
+    pending: Pending,
+    shutdown: &CancellationToken,
+) -> bool {
+    let Pending {
+        mut rx,
+        entry,
         started,
         gesture,
         key,
         span,
-    }) = rx.recv().await
-    {
-        let result = rx.await;
-        in_flight.remove(&key);
-        match result {
+    } = pending;
+    loop {
+        match rx.await {
             Ok(Ok(outcome)) => {
-                after_commit(&ctx, outcome, started, gesture, &span)
+                in_flight.remove(&key);
+                after_commit(ctx, outcome, started, gesture, &span)
                     .instrument(span.clone())
-                    .await
+                    .await;
+                return true;
             }
             Ok(Err(e)) => {
-                // No `received`: the device keeps the press and retransmits it.
-                span.in_scope(|| tracing::warn!(error = %e, "press not journaled; the device will retransmit"));
+                // No `received` and no PUBACK: the device keeps the press.
+                span.in_scope(|| tracing::warn!(error = %e, "press not journaled; the device will retransmit, and the gateway tries again"));
                 telemetry::press_received(gesture, "store_error");
             }
-            Err(_) => telemetry::press_received(gesture, "store_error"),
+            Err(_) => {
+                telemetry::press_received(gesture, "store_error");
+                in_flight.remove(&key);
+                return false;
+            }
         }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = shutdown.cancelled() => {
+                in_flight.remove(&key);
+                return false;
+            }
+        }
+        rx = match ctx.store.submit_press(entry.clone()).await {
+            Ok(rx) => rx,
+            Err(_) => {
+                in_flight.remove(&key);
+                return false;
+            }
+        };
     }
 }
 

@@ -1,7 +1,7 @@
 //! One of the gateway's own connections as an MQTT client (rumqttc): connect with retry,
 //! subscribe, re-subscribe after a reconnect without session, read, ack.
 
-use super::message::{Incoming, Message, Publisher, SourceError};
+use super::message::{Acker, Incoming, Message, Publisher, SourceError};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,6 +169,13 @@ impl Connection {
 
     /// Acknowledge `message` to the broker. Call it for every message, in the order they
     /// arrived. Never waits: fails instead when the connection's request queue is full.
+    /// An acker for this connection's messages, to ack from another task (in receive order).
+    pub fn acker(&self) -> Acker {
+        Acker {
+            client: self.client.clone(),
+        }
+    }
+
     pub fn ack(&self, message: &Message) -> Result<(), SourceError> {
         self.client.try_ack(&message.0)?;
         Ok(())

@@ -46,6 +46,14 @@ pub enum Incoming {
 pub struct Message(pub(super) rumqttc::Publish);
 
 impl Message {
+    /// What acknowledging this message takes, to keep after the message itself is gone (an
+    /// ack sent once the message is durable, in receive order, by another task).
+    pub fn ack_token(&self) -> AckToken {
+        let mut p = rumqttc::Publish::new("", self.0.qos, Vec::new());
+        p.pkid = self.0.pkid;
+        AckToken(p)
+    }
+
     /// The topic it was published on.
     pub fn topic(&self) -> &str {
         &self.0.topic
@@ -54,6 +62,26 @@ impl Message {
     /// Its payload.
     pub fn payload(&self) -> &[u8] {
         &self.0.payload
+    }
+}
+
+/// One message's acknowledgement, detached from the message (no topic, no payload).
+#[derive(Debug, Clone)]
+pub struct AckToken(pub(super) rumqttc::Publish);
+
+/// Acknowledges messages of one connection from any task; cheap to clone. Acks must be sent in
+/// the order the messages arrived.
+#[derive(Clone)]
+pub struct Acker {
+    pub(super) client: rumqttc::AsyncClient,
+}
+
+impl Acker {
+    /// Queue the acknowledgement; never waits (the broker has at most its window of messages
+    /// unacknowledged, far below the request queue's capacity).
+    pub fn ack(&self, token: &AckToken) -> Result<(), SourceError> {
+        self.client.try_ack(&token.0)?;
+        Ok(())
     }
 }
 

@@ -18,4 +18,4 @@ mod connection;
 mod message;
 
 pub use connection::{Connection, Source};
-pub use message::{Incoming, Message, Publisher, SourceError};
+pub use message::{AckToken, Acker, Incoming, Message, Publisher, SourceError};

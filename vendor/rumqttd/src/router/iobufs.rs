@@ -168,8 +168,10 @@ impl Outgoing {
 
     // Returns (unsolicited, outoforder) flags
     // Return: Out of order or unsolicited acks
-    pub fn register_ack(&mut self, pkid: u16) -> Option<()> {
-        let (head, _filter_idx, _cursor) = self.inflight_buffer.pop_front()?;
+    /// The acknowledged message's filter and place in its log (YIJIAN PATCH (14): the router
+    /// releases a PUBACK withheld for it).
+    pub fn register_ack(&mut self, pkid: u16) -> Option<(FilterIdx, Option<Cursor>)> {
+        let (head, filter_idx, cursor) = self.inflight_buffer.pop_front()?;
         // YIJIAN PATCH (10): a VecDeque's ring position only moves forward, so an inflight
         // queue that is mostly empty still walks through (and makes resident) its whole
         // allocation over time. `clear` on an empty queue just moves it back to the start.
@@ -183,7 +185,7 @@ impl Outgoing {
             return None;
         }
 
-        Some(())
+        Some((filter_idx, cursor))
     }
 
     pub fn register_pubrec(&mut self, pkid: u16) {

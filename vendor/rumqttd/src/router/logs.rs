@@ -72,6 +72,11 @@ fn is_wildcard(filter: &str) -> bool {
 }
 
 impl DataLog {
+    /// YIJIAN PATCH (14): the index of `filter`'s log, if it has one.
+    pub fn filter_index(&self, filter: &str) -> Option<FilterIdx> {
+        self.filter_indexes.get(filter).copied()
+    }
+
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();

@@ -104,6 +104,21 @@ pub struct Router {
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
     /// YIJIAN PATCH (11): told `(client_id, filter)` once a subscription is in place.
     subscribe_hook: Option<SubscribeHook>,
+    /// YIJIAN PATCH (14): QoS 1 publishes on these filters are acknowledged to their publisher
+    /// only when a subscriber acknowledges them (see [`Router::defer_acks`]).
+    deferred_filters: Vec<String>,
+    /// YIJIAN PATCH (14): the publisher's PUBACK owed for each such message, by where it sits
+    /// in its filter's log.
+    deferred_acks: HashMap<(FilterIdx, Offset), DeferredAck>,
+}
+
+/// YIJIAN PATCH (14): a PUBACK withheld until a subscriber has acknowledged the message.
+#[derive(Debug)]
+struct DeferredAck {
+    /// The publisher's connection.
+    connection: ConnectionId,
+    /// The publisher's packet id.
+    pkid: u16,
 }
 
 /// YIJIAN PATCH (11): called on the router thread with `(client_id, filter, event)` each time
@@ -166,7 +181,39 @@ impl Router {
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
             subscribe_hook: None,
+            deferred_filters: Vec::new(),
+            deferred_acks: HashMap::new(),
         }
+    }
+
+    /// YIJIAN PATCH (14): a QoS 1 publish on `filter` is acknowledged to its publisher only
+    /// once a subscriber of `filter` has acknowledged it (the first to do so), not when the
+    /// router appends it to its log. An embedder whose subscriber acks after making the message
+    /// durable (the gateway: after its journal commit) thereby makes the publisher's PUBACK mean
+    /// "durable". The withheld PUBACK is dropped with the publisher's connection (a client
+    /// sends an unacknowledged publish again when it reconnects) and with the message, should
+    /// the log evict it unread.
+    pub fn defer_acks(mut self, filter: &str) -> Router {
+        self.deferred_filters.push(filter.to_owned());
+        self
+    }
+
+    /// YIJIAN PATCH (14): a subscriber acknowledged the message at `cursor` of `filter_idx`:
+    /// send its publisher the PUBACK that was withheld for it, if one was.
+    fn release_deferred_ack(&mut self, filter_idx: FilterIdx, cursor: Option<Cursor>) {
+        let Some(cursor) = cursor else { return };
+        let Some(d) = self.deferred_acks.remove(&(filter_idx, cursor)) else {
+            return;
+        };
+        let Some(ackslog) = self.ackslog.get_mut(d.connection) else {
+            return;
+        };
+        ackslog.puback(PubAck {
+            pkid: d.pkid,
+            reason: PubAckReason::Success,
+        });
+        self.scheduler
+            .reschedule(d.connection, ScheduleReason::FreshData);
     }
 
     /// YIJIAN PATCH (11): set the hook told of every subscription once it is in place (see
@@ -501,6 +548,11 @@ impl Router {
         let mut tracker = self.scheduler.remove(id);
         self.connection_map.remove(&client_id);
         self.ackslog.remove(id);
+        // YIJIAN PATCH (14): a withheld PUBACK goes nowhere once its publisher has gone (and
+        // its connection id may be reused); the client sends the publish again.
+        if !self.deferred_acks.is_empty() {
+            self.deferred_acks.retain(|_, d| d.connection != id);
+        }
 
         // Don't remove connection id from readyqueue with index. This will
         // remove wrong connection from readyqueue. Instead just leave disconnected
@@ -607,6 +659,15 @@ impl Router {
 
                     let qos = publish.qos;
                     let pkid = publish.pkid;
+                    // YIJIAN PATCH (14): is this publisher's PUBACK withheld until a subscriber
+                    // acknowledges the message?
+                    let deferred = qos == QoS::AtLeastOnce
+                        && !self.deferred_filters.is_empty()
+                        && std::str::from_utf8(&publish.topic).is_ok_and(|t| {
+                            self.deferred_filters
+                                .iter()
+                                .any(|f| protocol::matches(t, f))
+                        });
 
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
@@ -623,6 +684,7 @@ impl Router {
                     // multiple commit logs.
 
                     match qos {
+                        QoS::AtLeastOnce if deferred => {}
                         QoS::AtLeastOnce => {
                             let puback = PubAck {
                                 pkid,
@@ -652,6 +714,7 @@ impl Router {
                     self.router_meters.total_publishes += 1;
 
                     // Try to append publish to commitlog
+                    let mut appended = Vec::new();
                     match append_to_commitlog(
                         id,
                         publish.clone(),
@@ -659,8 +722,45 @@ impl Router {
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
+                        &mut appended,
                     ) {
                         Ok(_offset) => {
+                            // YIJIAN PATCH (14): withhold the PUBACK until a subscriber of a
+                            // deferring filter acknowledges the message; with no such
+                            // subscriber, nobody would, so acknowledge now.
+                            if deferred {
+                                let mut owed = false;
+                                for f in &self.deferred_filters {
+                                    let subscribed = self
+                                        .subscription_map
+                                        .get(f)
+                                        .is_some_and(|s| !s.is_empty());
+                                    let Some(idx) = self.datalog.filter_index(f) else {
+                                        continue;
+                                    };
+                                    let place = appended.iter().find(|(i, _)| *i == idx);
+                                    if let (true, Some(&(filter_idx, next))) = (subscribed, place)
+                                    {
+                                        // `append` answers with the offset after the message;
+                                        // a reader sees the message at the one before.
+                                        let at = (next.0, next.1.saturating_sub(1));
+                                        self.deferred_acks.insert(
+                                            (filter_idx, at),
+                                            DeferredAck { connection: id, pkid },
+                                        );
+                                        owed = true;
+                                        break;
+                                    }
+                                }
+                                if !owed {
+                                    let ackslog = self.ackslog.get_mut(id).unwrap();
+                                    ackslog.puback(PubAck {
+                                        pkid,
+                                        reason: PubAckReason::Success,
+                                    });
+                                    force_ack = true;
+                                }
+                            }
                             // Even if one of the data in the batch is appended to commitlog,
                             // set new data. This triggers notifications to wake waiters.
                             // Don't overwrite this flag to false if it is already true.
@@ -822,10 +922,14 @@ impl Router {
 
                     let outgoing = self.obufs.get_mut(id).unwrap();
                     let pkid = puback.pkid;
-                    if outgoing.register_ack(pkid).is_none() {
+                    let Some((filter_idx, cursor)) = outgoing.register_ack(pkid) else {
                         error!(pkid, "Unsolicited/ooo ack received for pkid {}", pkid);
                         disconnect = true;
                         break;
+                    };
+                    // YIJIAN PATCH (14): the message's publisher may be owed its PUBACK.
+                    if !self.deferred_acks.is_empty() {
+                        self.release_deferred_ack(filter_idx, cursor);
                     }
 
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
@@ -882,6 +986,7 @@ impl Router {
                         &mut self.datalog,
                         &mut self.notifications,
                         &mut self.connections,
+                        &mut Vec::new(), // YIJIAN PATCH (14): QoS 2 is never deferred
                     ) {
                         Ok(_offset) => {
                             // Even if one of the data in the batch is appended to commitlog,
@@ -1248,6 +1353,8 @@ fn append_to_commitlog(
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     connections: &mut Slab<Connection>,
+    // YIJIAN PATCH (14): where the publish went, filter by filter.
+    appended: &mut Vec<(FilterIdx, Offset)>,
 ) -> Result<Offset, RouterError> {
     let connection = connections.get_mut(id).unwrap();
 
@@ -1322,6 +1429,7 @@ fn append_to_commitlog(
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
         );
 
+        appended.push((filter_idx, offset));
         o = offset;
     }
 
