@@ -79,7 +79,7 @@ async fn plain_client(
     o.set_credentials(id, secret);
     o.set_clean_session(true);
     o.set_keep_alive(Duration::from_secs(30));
-    o.set_inflight(20);
+    o.set_inflight(100);
     let (client, mut events) = AsyncClient::new(o, 64);
     tokio::time::timeout(WAIT, async {
         loop {
@@ -180,7 +180,7 @@ async fn a_press_is_acknowledged_only_once_it_is_in_the_journal() -> Result<()> 
 /// SIGKILLed while presses were arriving and the clients never send a press again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_press_survives_a_sigkill() -> Result<()> {
-    let devices = env_count("YIJIAN_ACK_KILL_DEVICES", 20u32)?;
+    let devices = env_count("YIJIAN_ACK_KILL_DEVICES", 50u32)?;
     let mut gw = ChildGateway::new(|c| {
         // Every press its own request: the check counts presses, not requests.
         c.flood.attach_window_s = 0;
@@ -224,11 +224,14 @@ async fn every_acknowledged_press_survives_a_sigkill() -> Result<()> {
             .map(|(_, (_, a, _))| a.lock().expect("acks lock").acked.len())
             .sum()
     };
+    // Kill once a good number were acknowledged, with the clients pressing faster than the
+    // gateway journals: an acknowledgement that ran ahead of the journal would be lost now.
+    let target = env_count("YIJIAN_ACK_KILL_AFTER", 3000usize)?;
     let deadline = Instant::now() + WAIT;
-    while total_acked(&clients) < 300 {
+    while total_acked(&clients) < target {
         ensure!(
             Instant::now() < deadline,
-            "300 presses were not acknowledged in time"
+            "{target} presses were not acknowledged in time"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -250,7 +253,7 @@ async fn every_acknowledged_press_survives_a_sigkill() -> Result<()> {
         }
         acked.extend(a.lock().expect("acks lock").acked.iter().cloned());
     }
-    ensure!(acked.len() >= 300, "{} presses acknowledged", acked.len());
+    ensure!(acked.len() >= target, "{} presses acknowledged", acked.len());
 
     gw.start().await?;
     gw.stop(Duration::from_secs(20)).await?;
