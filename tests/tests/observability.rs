@@ -336,12 +336,17 @@ async fn a_scrape_after_real_presses_is_complete_and_has_every_metric_the_dashbo
     dev.wait_for(&cancel, FeedbackState::Cancelled, WAIT)
         .await?;
     // The desk sampler has run at least once since the gateway started.
+    let deadline = tokio::time::Instant::now() + WAIT;
     let text = loop {
         let t = scrape(&gw).await?;
         if t.contains("yijian_store_batch_size_bucket") {
             break t;
         }
-        tokio::task::yield_now().await;
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for yijian_store_batch_size_bucket in /metrics"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
     let after = samples(&text)?;
     let delta =
@@ -641,10 +646,12 @@ async fn every_stage_of_a_press_is_timed_in_its_request_view() -> Result<()> {
     assert_eq!(stages["attempt_4"]["backend"], "st-b");
     assert_eq!(stages["attempt_4"]["result"], "accepted");
     assert!(stages["attempt_4"]["elapsed_ms"].is_u64());
-    // The press was answered within a second on an idle machine.
+    // The press was answered before any backend was tried (speed is the benchmarks' to
+    // measure; here the order is what counts).
     assert!(
-        stages["received_sent"]["since_press_ms"].as_i64().unwrap() < 1000,
-        "{stages:?}"
+        stages["received_sent"]["since_press_ms"].as_i64()
+            <= stages["attempt_1"]["since_press_ms"].as_i64(),
+        "received after the first attempt: {stages:?}"
     );
     // The history shows the received stage too; the list view stays lean.
     let kinds: Vec<_> = v["history"]
