@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::store::changes::ChangeStream;
-use crate::store::engine::Engine;
 use std::time::Duration;
 use yijian_wire::{Gesture, Press, Priority};
 
