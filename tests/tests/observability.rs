@@ -335,16 +335,22 @@ async fn a_scrape_after_real_presses_is_complete_and_has_every_metric_the_dashbo
     let cancel = dev.press("main", Gesture::Long).await?;
     dev.wait_for(&cancel, FeedbackState::Cancelled, WAIT)
         .await?;
-    // The desk sampler has run at least once since the gateway started.
+    // The desk sampler has run at least once since the gateway started, and the cancel press
+    // is counted: the device hears `cancelled` from the change feed, which may run before
+    // intake's responder counts the press (seen on a loaded machine).
+    let cancels = [("gesture", "long"), ("outcome", "cancel")];
+    let cancels_before = value(&before, "yijian_press_received_total", &cancels);
     let deadline = tokio::time::Instant::now() + WAIT;
     let text = loop {
         let t = scrape(&gw).await?;
-        if t.contains("yijian_store_batch_size_bucket") {
+        let counted =
+            value(&samples(&t)?, "yijian_press_received_total", &cancels) > cancels_before;
+        if t.contains("yijian_store_batch_size_bucket") && counted {
             break t;
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "gave up waiting for yijian_store_batch_size_bucket in /metrics"
+            "gave up waiting for yijian_store_batch_size_bucket and the cancel press's count in /metrics"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
