@@ -13,7 +13,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -50,19 +50,53 @@ pub struct ApiState {
     pub config: Arc<crate::config::Config>,
 }
 
-/// The router.
+/// The operators' and backends' routes, (method, axum path); the admin routes are
+/// [`devices::ROUTES`].
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/requests"),
+    ("GET", "/api/v1/requests/:id"),
+    ("POST", "/api/v1/requests/:id/ack"),
+    ("POST", "/api/v1/requests/:id/close"),
+    ("POST", "/api/v1/requests/:id/cancel"),
+    ("POST", "/api/v1/requests/:id/events"),
+];
+
+/// Every route the API serves, as (method, axum path pattern). The router is built from this
+/// list and nothing else, so a test can hold each route against the role it expects
+/// (`every_api_endpoint_checks_the_token_and_its_role` in tests/tests/security.rs).
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ROUTES.iter().chain(devices::ROUTES).copied()
+}
+
+/// The handler of one route of [`ROUTES`].
+fn handler(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
+    Some(match (method, path) {
+        ("GET", "/healthz") => get(|| async { Json(json!({"status": "ok"})) }),
+        ("GET", "/readyz") => get(readyz),
+        ("GET", "/metrics") => get(metrics),
+        ("GET", "/api/v1/requests") => get(list),
+        ("GET", "/api/v1/requests/:id") => get(detail),
+        ("POST", "/api/v1/requests/:id/ack") => post(ack),
+        ("POST", "/api/v1/requests/:id/close") => post(close),
+        ("POST", "/api/v1/requests/:id/cancel") => post(cancel),
+        ("POST", "/api/v1/requests/:id/events") => post(events),
+        _ => return None,
+    })
+}
+
+/// The router: every route of [`routes`], nothing else.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/requests", get(list))
-        .route("/api/v1/requests/:id", get(detail))
-        .route("/api/v1/requests/:id/ack", post(ack))
-        .route("/api/v1/requests/:id/close", post(close))
-        .route("/api/v1/requests/:id/cancel", post(cancel))
-        .route("/api/v1/requests/:id/events", post(events))
-        .merge(devices::routes())
+    let mut router = Router::new();
+    for (method, path) in routes() {
+        let h = handler(method, path)
+            .or_else(|| devices::handler(method, path))
+            .unwrap_or_else(|| panic!("the route table names {method} {path} but no handler"));
+        router = router.route(path, h);
+    }
+    router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -475,6 +475,9 @@ fn serve(cfg: Config) -> Result<(), Refused> {
         .build()
         .map_err(|e| Refused::Other(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
+        // Listening for SIGTERM before the gateway can say it is ready: a stop that comes right
+        // after `/readyz` turns 200 is graceful, not the signal's default action.
+        let stop = shutdown_signal();
         let http = tokio::net::TcpListener::bind(cfg.http.listen)
             .await
             .map_err(|e| format!("cannot listen for HTTP on {}: {e}", cfg.http.listen))?;
@@ -482,7 +485,7 @@ fn serve(cfg: Config) -> Result<(), Refused> {
             .await
             .map_err(|e| e.to_string())?;
         reload_on_sighup(gateway.rules.clone());
-        gateway.run_until(shutdown_signal()).await;
+        gateway.run_until(stop).await;
         Ok(())
     })
 }
@@ -501,14 +504,19 @@ fn reload_on_sighup(rules: std::sync::Arc<yijian_gateway::rules::reload::Reloade
     });
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is
+/// first polled, so a signal that arrives while the gateway starts is kept for it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! ports reserved at run time (never fixed ports).
 
 pub mod child;
+pub mod refusal;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
@@ -35,6 +36,7 @@ fn token(name: &str, role: Role, backend: Option<&str>, token: &str) -> TokenCon
     }
 }
 
+pub use refusal::{assert_refused, mqtt_options, Refusal};
 pub use yijian_device_sim::{Behaviour, MockOptions};
 pub use yijian_wire::{FeedbackState, Gesture};
 

@@ -213,10 +213,12 @@ async fn failover_follows_the_configured_order_through_every_kind_of_failure() -
             ("fo-ok", 9, "accepted"),
         ]
     );
+    // A timeout never fires early (how late it may fire on a busy machine is not this test's
+    // business: the attempt loop's timing is tested on the driven clock, dispatch/attempt).
     for (b, n, _, _, elapsed) in tried.iter().filter(|t| t.2 == "timeout") {
         assert!(
-            (150..600).contains(elapsed),
-            "{b} attempt {n}: timed out after {elapsed} ms, not ~150"
+            *elapsed >= 150,
+            "{b} attempt {n}: timed out after {elapsed} ms, before its 150 ms"
         );
     }
     // The backends' own view: every attempt that reached one carried the same key, in order.
@@ -306,8 +308,11 @@ async fn retries_back_off_exponentially_with_jitter() -> Result<()> {
         sequences.push((b, gaps(&hits)));
     }
 
-    // Retry n waits between half and all of initial·2ⁿ ("equal jitter").
-    let mut ratios = Vec::new();
+    // Retry n waits at least half of initial·2ⁿ ("equal jitter"), whatever the load: a lower
+    // bound is an ordering (the retry did not come before its time). The upper bound, the growth
+    // and the jitter are the decision table's, checked exactly on instants and a seeded RNG
+    // (dispatch/decide/tests.rs: retries_back_off_exponentially_then_fail_over_then_rounds_back_off_longer;
+    // dispatch/backoff.rs), where a loaded machine cannot stretch a wait.
     for (b, g) in &sequences {
         for (n, gap) in g.iter().enumerate() {
             let base = initial << n;
@@ -315,44 +320,8 @@ async fn retries_back_off_exponentially_with_jitter() -> Result<()> {
                 *gap >= base / 2 - 1,
                 "{b} retry {n}: {gap} ms, under half of {base}: {g:?}"
             );
-            assert!(
-                *gap <= base + 150,
-                "{b} retry {n}: {gap} ms, far over {base}: {g:?}"
-            );
-            ratios.push(*gap as f64 / base as f64);
-        }
-        // Growth: two retries later the wait is at least double (lower bound 2·base vs upper bound base).
-        for n in 0..g.len() - 2 {
-            assert!(
-                g[n + 2] > g[n],
-                "{b}: no growth from retry {n} to {}: {g:?}",
-                n + 2
-            );
         }
     }
-    // Growth on average, retry by retry.
-    let mean =
-        |n: usize| sequences.iter().map(|(_, g)| g[n] as f64).sum::<f64>() / sequences.len() as f64;
-    for n in 0..4 {
-        assert!(
-            mean(n + 1) > mean(n),
-            "mean wait does not grow from retry {n}: {sequences:?}"
-        );
-    }
-    // Jitter: the waits are not a fixed schedule (without jitter every ratio would be ~1.0).
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    assert!(
-        hi - lo > 0.1,
-        "waits relative to their base hardly differ ({lo:.2}..{hi:.2}): {sequences:?}"
-    );
-    let first: Vec<i64> = sequences.iter().map(|(_, g)| g[0]).collect();
-    let later: Vec<i64> = sequences.iter().map(|(_, g)| g[3]).collect();
-    assert!(
-        first.windows(2).any(|w| w[0] != w[1]) || later.windows(2).any(|w| w[0] != w[1]),
-        "three requests retried in lockstep: {sequences:?}"
-    );
     every_request_has_an_owner(&gw).await?;
     gw.stop().await;
     Ok(())
@@ -394,9 +363,13 @@ async fn retry_after_is_honoured_but_never_past_the_deadline() -> Result<()> {
     let v = gw.request(&taxi_rid).await?;
     let created = epoch_ms(v["created_at"].as_str().unwrap_or_default())?;
     let escalated = epoch_ms(v["escalated_at"].as_str().unwrap_or_default())?;
+    // Not before the deadline; that it is not after it either (a 30 s Retry-After waits only
+    // until the deadline) is checked on the driven clock (dispatch/decide/tests.rs:
+    // a_wait_never_passes_the_deadline_and_waking_there_escalates) — here the single hit says
+    // nothing was sent in between.
     assert!(
-        (2000..2300).contains(&(escalated - created)),
-        "a 30 s Retry-After waits only until the 2 s deadline: escalated {} ms after creation",
+        escalated - created >= 2000,
+        "escalated {} ms after creation, before the 2 s deadline",
         escalated - created
     );
     assert_eq!(
@@ -412,8 +385,8 @@ async fn retry_after_is_honoured_but_never_past_the_deadline() -> Result<()> {
     );
     for (n, gap) in gaps(&hits).into_iter().enumerate() {
         assert!(
-            (995..1400).contains(&gap),
-            "retry {n} came {gap} ms after a `Retry-After: 1`"
+            gap >= 995,
+            "retry {n} came {gap} ms after a `Retry-After: 1`, before its time"
         );
     }
     every_request_has_an_owner(&gw).await?;
@@ -635,18 +608,24 @@ async fn a_request_no_backend_takes_goes_to_the_desk_at_its_service_deadline() -
     assert_eq!(escalation["detail"]["reason"], "deadline");
     let at = epoch_ms(escalation["at"].as_str().unwrap_or_default())?;
     assert!(
-        (1000..1200).contains(&(at - created)),
-        "escalated {} ms after creation; deadline 1000 ms",
+        at - created >= 1000,
+        "escalated {} ms after creation, before its 1000 ms deadline",
         at - created
     );
-    // No attempt ran past the deadline: the last one was cut to the time left.
+    // Every attempt started before the deadline and ended before the escalation (the last one
+    // cut to the time left: exact on the driven clock in dispatch/attempt/tests.rs,
+    // a_dead_backend_escalates_at_the_service_deadline_on_the_driven_clock).
     let tried = attempts(&v);
     assert!(tried.len() >= 3, "it kept trying until then: {tried:?}");
     for (_, n, result, started, elapsed) in &tried {
         assert_eq!(result, "timeout", "attempt {n}");
         assert!(
-            started + *elapsed as i64 <= created + 1000 + 50,
-            "attempt {n} ran past the deadline"
+            *started < created + 1000,
+            "attempt {n} started at the deadline or after"
+        );
+        assert!(
+            started + *elapsed as i64 <= at + 1,
+            "attempt {n} ended after the escalation (1 ms for rounding)"
         );
     }
     assert_eq!(hits_of(&mock, &rid, "dl").len(), tried.len());

@@ -730,112 +730,70 @@ async fn the_broker_closes_connections_that_leave_their_own_topics_or_exceed_its
     Ok(())
 }
 
+/// Decommissioned while its connection is up, the way an installer does it: `devices revoke`
+/// (the CLI, in another process, on the same journal). The gateway notices from the journal's
+/// credential log, drops the live connection, and takes nothing more from the device — not the
+/// press it sends meanwhile, not its reconnection — while other devices are served throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_revoked_while_connected_is_rejected_as_unknown() -> Result<()> {
+async fn a_device_revoked_while_connected_is_cut_off_and_nothing_more_is_taken() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mock = MockBackends::start_local(MockOptions::default()).await?;
     let gw = gateway(&mock).await?;
-    gw.import_residents(
-        "gone.toml",
-        "[[resident]]\nid = \"r-gone\"\nname = \"Gone Resident\"\n",
-    )?;
-    let mut gone = gw.device_of("gone-1", "one-button", "r-gone").await?;
+    let secret = gw.add_device("gone-1", "one-button")?;
+    let mut gone = yijian_device_sim::SimDevice::connect(yijian_device_sim::DeviceConfig::new(
+        "gone-1", &secret, gw.mqtt,
+    ))
+    .await?;
     let mut other = gw.device("still-1", "one-button").await?;
     let first = gone.press("main", Gesture::Single).await?;
     gone.wait_for(&first, FeedbackState::Dispatched, WAIT)
         .await?;
     let before = Metrics::scrape(&gw).await?;
 
-    // Decommissioned while its connection stays up: revoked in the journal (there is no CLI
-    // for it yet), then unbound from its resident with the CLI, which refreshes the gateway's
-    // device cache.
-    {
-        let conn = rusqlite::Connection::open(gw.config.db_path())?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let n = conn.execute(
-            "UPDATE devices SET revoked_at = 1 WHERE device_id = 'gone-1'",
-            [],
-        )?;
-        assert_eq!(n, 1);
-    }
-    yijian_gateway::admin::residents::devices_bind(&gw.config, "gone-1", None, &mut Vec::new())?;
-
-    // Wait for the gateway to notice, with harmless cancel presses (nothing is open): each is
-    // answered `cancelled` until the device is unknown, then `rejected`.
-    let mut n = 0;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let rejected = loop {
-        n += 1;
-        let id = format!("gone-probe-{n}");
-        gone.press_payload(
-            &id,
-            press_json(
-                json!({"id": id, "button": "main", "gesture": "long", "at": 1_764_324_000_123i64}),
-            ),
-        )
-        .await?;
-        let h = gone
-            .next_feedback(WAIT)
-            .await
-            .context("the answer to a probe")?;
-        assert_eq!(h.feedback.press.as_deref(), Some(id.as_str()));
-        if h.feedback.state == FeedbackState::Rejected {
-            break h.feedback;
-        }
-        assert_eq!(
-            h.feedback.state,
-            FeedbackState::Cancelled,
-            "{:?}",
-            h.feedback
-        );
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the revocation was never noticed"
-        );
-    };
-    assert_eq!(
-        rejected.reason.as_deref(),
-        Some("device gone-1 is not registered")
+    let mut out = Vec::new();
+    yijian_gateway::lifecycle::cli_revoke(&gw.config, "gone-1", &mut out)?;
+    let printed = String::from_utf8(out)?;
+    assert!(printed.starts_with("revoked device gone-1"), "{printed}");
+    assert!(
+        gone.wait_disconnected(WAIT).await,
+        "the revoked device's live connection is dropped"
     );
-
-    // An emergency press from it is refused too (its topic names a device, so it hears why)...
-    let p = gone.press("main", Gesture::Single).await?;
-    let heard = gone.wait_for(&p, FeedbackState::Rejected, WAIT).await?;
-    assert_eq!(heard.len(), 1, "rejected only, no received: {heard:?}");
-    // ...and so is its heartbeat.
-    gone.publish_raw(Kind::Status, br#"{"online":true,"battery":40}"#.to_vec())
-        .await?;
-    let h = gone
-        .next_feedback(WAIT)
-        .await
-        .context("the answer to the revoked device's heartbeat")?;
-    assert_eq!(h.feedback.state, FeedbackState::Rejected);
-    assert_eq!(
-        h.feedback.reason.as_deref(),
-        Some("status: device gone-1 is not registered")
-    );
+    // What it sends from now on goes nowhere: it keeps the press (nobody answered it) and
+    // cannot come back to deliver it.
+    let late = gone.press("main", Gesture::Single).await?;
+    assert_refused(
+        "the revoked device reconnecting",
+        mqtt_options(gw.mqtt, "gone-1", Some(("gone-1", &secret)), None),
+    )
+    .await?;
+    drop(gone);
 
     // Other devices are served throughout.
     let q = other.press("main", Gesture::Triple).await?;
     other.wait_for(&q, FeedbackState::Dispatched, WAIT).await?;
+    gw.gw.store.flush().await;
 
     let after = Metrics::scrape(&gw).await?;
-    let unknown = [("reason", "unknown_device")];
     assert_eq!(
-        before.delta(&after, PRESS_REJECTED, &unknown),
-        2.0,
-        "the probe and the press"
-    );
-    assert_eq!(
-        before.delta(&after, STATUS_REJECTED, &unknown),
+        before.delta(
+            &after,
+            "yijian_devices_evictions_total",
+            &[("change", "revoked")]
+        ),
         1.0,
-        "the heartbeat"
+        "one live connection dropped for the revocation"
     );
     let (_, list) = gw.get("/api/v1/requests?device=gone-1").await?;
+    let presses: Vec<&str> = list["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["press"]["id"].as_str())
+        .collect();
     assert_eq!(
-        list["requests"].as_array().map(Vec::len),
-        Some(1),
-        "only the press before revocation: {list}"
+        presses,
+        [first.as_str()],
+        "only the press before the revocation ({late} came after): {list}"
     );
     assert_eq!(
         mock.received()
@@ -844,6 +802,10 @@ async fn a_device_revoked_while_connected_is_rejected_as_unknown() -> Result<()>
             .count(),
         1
     );
+    let (_, d) = gw
+        .call("GET", "/api/v1/devices/gone-1", Some(&gw.admin_token), None)
+        .await?;
+    assert!(d["revoked_at"].is_i64(), "the registry says so: {d}");
     gw.stop().await;
     Ok(())
 }

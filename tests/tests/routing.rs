@@ -408,14 +408,16 @@ async fn an_invalid_rule_set_is_refused_and_a_valid_one_is_picked_up_from_the_fi
     };
     let invalid_before = reload_counter(&metrics_text(&gw).await?, "invalid");
 
-    // A typo: refused whole, the old rules keep deciding, the failure is counted.
-    write_rules(rules.path(), &[("10-first.toml", "[[rule]]\nname = \"typo\"\ngestures = \"double\"\nservice = \"taxi\"\npriority = \"routine\"\n")])?;
+    // A typo: refused whole, the old rules keep deciding, the failure is counted. The refused
+    // set would decide a double press differently (hospital, by its first rule), so a press
+    // decided by any part of it shows.
+    write_rules(rules.path(), &[("10-first.toml", "[[rule]]\nname = \"refused: double hospital\"\ngesture = \"double\"\nservice = \"hospital\"\npriority = \"routine\"\nurgent = true\n")])?;
     let outcome = gw.gw.reload_rules("test").await;
     let Outcome::Refused(why) = outcome else {
         panic!("an invalid set must be refused: {outcome:?}")
     };
     assert!(
-        why.contains("10-first.toml:3:1: error: unknown key `gestures`"),
+        why.contains("10-first.toml:6:1: error: unknown key `urgent`"),
         "{why}"
     );
     let p = dev.press("main", Gesture::Double).await?;
@@ -425,6 +427,8 @@ async fn an_invalid_rule_set_is_refused_and_a_valid_one_is_picked_up_from_the_fi
         Some("taxi"),
         "set A still decides"
     );
+    let rid = heard[0].feedback.request.clone().expect("request id");
+    assert_eq!(gw.request(&rid).await?["rule"], "A: double taxi");
     assert!(reload_counter(&metrics_text(&gw).await?, "invalid") >= invalid_before + 1.0);
 
     // Fixing the files is enough: the watcher notices, checks and swaps in the new set.

@@ -15,6 +15,20 @@ use yijian_gateway::lifecycle;
 use yijian_tests::*;
 use yijian_wire::topic::{self, Kind};
 
+/// Options of a bare MQTT client (clean session, no reconnect).
+fn raw_opts(
+    addr: SocketAddr,
+    client_id: &str,
+    creds: Option<(&str, &str)>,
+    will: Option<LastWill>,
+) -> MqttOptions {
+    let mut o = mqtt_options(addr, client_id, creds, None);
+    if let Some(w) = will {
+        o.set_last_will(w);
+    }
+    o
+}
+
 /// Connect a bare MQTT client and report whether the broker accepted it.
 async fn connect_raw(
     addr: SocketAddr,
@@ -22,14 +36,7 @@ async fn connect_raw(
     creds: Option<(&str, &str)>,
     will: Option<LastWill>,
 ) -> Result<(), String> {
-    let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-    if let Some((u, p)) = creds {
-        o.set_credentials(u, p);
-    }
-    if let Some(w) = will {
-        o.set_last_will(w);
-    }
-    let (_client, mut events) = AsyncClient::new(o, 8);
+    let (_client, mut events) = AsyncClient::new(raw_opts(addr, client_id, creds, will), 8);
     let first = async {
         loop {
             match events.poll().await {
@@ -44,6 +51,17 @@ async fn connect_raw(
         .map_err(|_| "no answer".to_owned())?
 }
 
+/// Assert that the broker refuses this connection (a CONNACK refusal code, or closing first).
+async fn refused(
+    what: &str,
+    addr: SocketAddr,
+    client_id: &str,
+    creds: Option<(&str, &str)>,
+    will: Option<LastWill>,
+) -> Result<Refusal> {
+    assert_refused(what, raw_opts(addr, client_id, creds, will)).await
+}
+
 fn press_json(id: &str) -> Vec<u8> {
     serde_json::to_vec(
         &json!({"id": id, "button": "main", "gesture": "single", "at": 1_764_324_000_123i64}),
@@ -55,6 +73,18 @@ async fn all_requests(gw: &TestGateway) -> Result<Vec<Value>> {
     let (status, v) = gw.get("/api/v1/requests?limit=1000").await?;
     anyhow::ensure!(status == 200, "list: {status} {v}");
     Ok(v["requests"].as_array().cloned().unwrap_or_default())
+}
+
+/// A scrape of `/metrics` with the metrics token.
+async fn metrics_text(gw: &TestGateway) -> Result<String> {
+    Ok(gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await?
+        .text()
+        .await?)
 }
 
 fn metric(text: &str, name_and_labels: &str) -> f64 {
@@ -150,49 +180,49 @@ async fn bad_credentials_are_refused_at_connect() -> Result<()> {
     let secret = gw.add_device("auth-1", "one-button")?;
     let other = gw.add_device("auth-2", "one-button")?;
     let m = gw.mqtt;
-    let cases: Vec<(&str, Result<(), String>)> = vec![
+    let zeros = "0".repeat(32);
+    let cases: Vec<(&str, MqttOptions)> = vec![
         (
             "wrong password",
-            connect_raw(m, "auth-1", Some(("auth-1", &"0".repeat(32))), None).await,
+            raw_opts(m, "auth-1", Some(("auth-1", &zeros)), None),
         ),
         (
             "unknown device",
-            connect_raw(m, "nobody", Some(("nobody", &secret)), None).await,
+            raw_opts(m, "nobody", Some(("nobody", &secret)), None),
         ),
         (
             "empty password",
-            connect_raw(m, "auth-1", Some(("auth-1", "")), None).await,
+            raw_opts(m, "auth-1", Some(("auth-1", "")), None),
         ),
-        ("no credentials", connect_raw(m, "auth-1", None, None).await),
+        ("no credentials", raw_opts(m, "auth-1", None, None)),
         (
             "client id != username",
-            connect_raw(m, "auth-1", Some(("auth-2", &other)), None).await,
+            raw_opts(m, "auth-1", Some(("auth-2", &other)), None),
         ),
         (
             "another device's secret",
-            connect_raw(m, "auth-1", Some(("auth-1", &other)), None).await,
+            raw_opts(m, "auth-1", Some(("auth-1", &other)), None),
         ),
         (
             "gateway account with a device secret",
-            connect_raw(
+            raw_opts(
                 m,
                 "yijian.gateway.press",
                 Some(("yijian.gateway.press", &secret)),
                 None,
-            )
-            .await,
+            ),
         ),
         (
             "evictor account with a device secret",
-            connect_raw(m, "auth-1", Some(("yijian.gateway.evict", &secret)), None).await,
+            raw_opts(m, "auth-1", Some(("yijian.gateway.evict", &secret)), None),
         ),
         (
             "invalid client id",
-            connect_raw(m, "a/b", Some(("a/b", &secret)), None).await,
+            raw_opts(m, "a/b", Some(("a/b", &secret)), None),
         ),
         (
             "last will on another device's topic",
-            connect_raw(
+            raw_opts(
                 m,
                 "auth-1",
                 Some(("auth-1", &secret)),
@@ -202,12 +232,11 @@ async fn bad_credentials_are_refused_at_connect() -> Result<()> {
                     QoS::AtLeastOnce,
                     true,
                 )),
-            )
-            .await,
+            ),
         ),
     ];
-    for (what, r) in cases {
-        assert!(r.is_err(), "{what} must be refused");
+    for (what, opts) in cases {
+        assert_refused(what, opts).await?;
     }
     connect_raw(m, "auth-1", Some(("auth-1", &secret)), None)
         .await
@@ -232,12 +261,14 @@ async fn a_revoked_device_is_disconnected_and_refused() -> Result<()> {
         "the live connection is dropped"
     );
     drop(dev);
-    assert!(
-        connect_raw(gw.mqtt, "rev-1", Some(("rev-1", &secret)), None)
-            .await
-            .is_err(),
-        "and it cannot come back"
-    );
+    refused(
+        "the revoked device coming back",
+        gw.mqtt,
+        "rev-1",
+        Some(("rev-1", &secret)),
+        None,
+    )
+    .await?;
     assert!(
         lifecycle::cli_revoke(&gw.config, "rev-1", &mut out).is_err(),
         "revoking twice says so"
@@ -271,12 +302,14 @@ async fn a_rotated_secret_replaces_the_old_one_at_once() -> Result<()> {
         "the connection made with the old secret is dropped"
     );
     drop(dev);
-    assert!(
-        connect_raw(gw.mqtt, "rot-1", Some(("rot-1", &old)), None)
-            .await
-            .is_err(),
-        "the old secret is refused"
-    );
+    refused(
+        "the old secret",
+        gw.mqtt,
+        "rot-1",
+        Some(("rot-1", &old)),
+        None,
+    )
+    .await?;
     let mut dev = SimDevice::connect(DeviceConfig::new("rot-1", &new, gw.mqtt)).await?;
     let p = dev.press("main", yijian_wire::Gesture::Single).await?;
     dev.wait_for(&p, FeedbackState::Escalated, WAIT).await?;
@@ -292,9 +325,14 @@ async fn a_rotated_secret_replaces_the_old_one_at_once() -> Result<()> {
     assert_eq!(status, 200, "{v}");
     assert!(dev.wait_disconnected(WAIT).await);
     let newer = v["secret"].as_str().unwrap();
-    assert!(connect_raw(gw.mqtt, "rot-1", Some(("rot-1", &new)), None)
-        .await
-        .is_err());
+    refused(
+        "the secret the admin API replaced",
+        gw.mqtt,
+        "rot-1",
+        Some(("rot-1", &new)),
+        None,
+    )
+    .await?;
     connect_raw(gw.mqtt, "rot-1", Some(("rot-1", newer)), None)
         .await
         .map_err(|e| anyhow!("newest secret: {e}"))?;
@@ -404,27 +442,24 @@ async fn tls_with_and_without_a_valid_client_certificate() -> Result<()> {
             pki.client(Some(&pki.device("tls-1", false)?))?,
         ),
     ];
+    let creds = Some(("tls-1", secret.as_str()));
     for (what, tls) in refused {
-        let r =
-            SimDevice::connect(DeviceConfig::new("tls-1", &secret, tls_addr).with_tls(tls)).await;
-        assert!(r.is_err(), "{what} must be refused");
+        assert_refused(what, mqtt_options(tls_addr, "tls-1", creds, Some(tls))).await?;
     }
     // The right certificate does not replace the secret.
-    let r = SimDevice::connect(
-        DeviceConfig::new("tls-1", "0".repeat(32), tls_addr).with_tls(pki.client(Some(&own))?),
+    let zeros = "0".repeat(32);
+    assert_refused(
+        "a wrong secret with a valid certificate",
+        mqtt_options(
+            tls_addr,
+            "tls-1",
+            Some(("tls-1", &zeros)),
+            Some(pki.client(Some(&own))?),
+        ),
     )
-    .await;
-    assert!(
-        r.is_err(),
-        "a wrong secret with a valid certificate must be refused"
-    );
+    .await?;
     // TLS-only: the plain listener no longer takes devices.
-    assert!(
-        SimDevice::connect(DeviceConfig::new("tls-1", &secret, gw.mqtt))
-            .await
-            .is_err(),
-        "plaintext refused"
-    );
+    assert_refused("plaintext", mqtt_options(gw.mqtt, "tls-1", creds, None)).await?;
     // A TLS client that never speaks does not block others: the handshake runs per connection.
     let _silent = tokio::net::TcpStream::connect(tls_addr).await?;
     let dev = SimDevice::connect(
@@ -443,12 +478,16 @@ async fn tls_with_and_without_a_valid_client_certificate() -> Result<()> {
         .await?
         .disconnect()
         .await;
-    let r = SimDevice::connect(
-        DeviceConfig::new("tls-1", &secret, tls_addr)
-            .with_tls(pki.client(Some(&pki.device("tls-2", true)?))?),
+    assert_refused(
+        "another device's certificate, optional certificates",
+        mqtt_options(
+            tls_addr,
+            "tls-1",
+            Some(("tls-1", &secret)),
+            Some(pki.client(Some(&pki.device("tls-2", true)?))?),
+        ),
     )
-    .await;
-    assert!(r.is_err(), "another device's certificate is still refused");
+    .await?;
     gw.stop().await;
     Ok(())
 }
@@ -482,96 +521,171 @@ async fn every_api_endpoint_checks_the_token_and_its_role() -> Result<()> {
         .clone()
         .unwrap();
 
+    // A third request, for the operator's cancel (hospital goes to the desk).
+    let cancel_press = dev.press("main", yijian_wire::Gesture::Triple).await?;
+    let cancel_rid = dev
+        .wait_for(&cancel_press, FeedbackState::Escalated, WAIT)
+        .await?[0]
+        .feedback
+        .request
+        .clone()
+        .unwrap();
+
     let admin = gw.admin_token.clone();
     let taxi = backend_token("taxi");
     let rescue = backend_token("rescue-centre");
     let en_route = json!({"state": "en_route", "eta_s": 300});
-    // (method, path, body, a token of the wrong role, the right token, expected status)
-    type Case<'a> = (&'a str, String, Option<Value>, &'a str, &'a str, u16);
+    let auth_counts = |text: &str| {
+        ["missing", "invalid", "forbidden"]
+            .map(|r| metric(text, &format!("yijian_api_auth_total{{result=\"{r}\"}}")))
+    };
+    let before = auth_counts(&metrics_text(&gw).await?);
+    // Every route the router serves, with who may call it: (method, route, a path of it, body,
+    // a token of the wrong role — `None`: open to anyone —, the right token, expected status).
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        Option<Value>,
+        Option<&'a str>,
+        Option<&'a str>,
+        u16,
+    );
     let cases: Vec<Case> = vec![
+        ("GET", "/healthz", "/healthz".into(), None, None, None, 200),
+        ("GET", "/readyz", "/readyz".into(), None, None, None, 200),
         (
             "GET",
+            "/api/v1/requests",
             "/api/v1/requests".into(),
             None,
-            &taxi,
-            OPERATOR_TOKEN,
+            Some(&taxi),
+            Some(OPERATOR_TOKEN),
             200,
         ),
         (
             "GET",
+            "/api/v1/requests/:id",
             format!("/api/v1/requests/{desk_rid}"),
             None,
-            METRICS_TOKEN,
-            OPERATOR_TOKEN,
+            Some(METRICS_TOKEN),
+            Some(OPERATOR_TOKEN),
             200,
         ),
         (
             "POST",
+            "/api/v1/requests/:id/ack",
             format!("/api/v1/requests/{desk_rid}/ack"),
             Some(json!({})),
-            &taxi,
-            OPERATOR_TOKEN,
+            Some(&taxi),
+            Some(OPERATOR_TOKEN),
             200,
         ),
         (
             "POST",
+            "/api/v1/requests/:id/close",
             format!("/api/v1/requests/{desk_rid}/close"),
             Some(json!({})),
-            METRICS_TOKEN,
-            &admin,
+            Some(METRICS_TOKEN),
+            Some(&admin),
             200,
         ),
         (
             "POST",
+            "/api/v1/requests/:id/events",
             format!("/api/v1/requests/{taxi_rid}/events"),
             Some(en_route.clone()),
-            OPERATOR_TOKEN,
-            &taxi,
+            Some(OPERATOR_TOKEN),
+            Some(&taxi),
+            200,
+        ),
+        (
+            "POST",
+            "/api/v1/requests/:id/cancel",
+            format!("/api/v1/requests/{cancel_rid}/cancel"),
+            Some(json!({})),
+            Some(&taxi),
+            Some(OPERATOR_TOKEN),
             200,
         ),
         (
             "GET",
+            "/api/v1/devices",
             "/api/v1/devices".into(),
             None,
-            OPERATOR_TOKEN,
-            &admin,
+            Some(OPERATOR_TOKEN),
+            Some(&admin),
             200,
         ),
         (
             "GET",
+            "/api/v1/devices/:id",
             "/api/v1/devices/api-1".into(),
             None,
-            &taxi,
-            &admin,
+            Some(&taxi),
+            Some(&admin),
             200,
         ),
         (
             "GET",
+            "/api/v1/config",
             "/api/v1/config".into(),
             None,
-            OPERATOR_TOKEN,
-            &admin,
+            Some(OPERATOR_TOKEN),
+            Some(&admin),
             200,
         ),
         (
             "POST",
+            "/api/v1/devices/:id/rotate",
             "/api/v1/devices/api-2/rotate".into(),
             None,
-            OPERATOR_TOKEN,
-            &admin,
+            Some(OPERATOR_TOKEN),
+            Some(&admin),
             200,
         ),
         (
             "POST",
+            "/api/v1/devices/:id/revoke",
             "/api/v1/devices/api-2/revoke".into(),
             None,
-            METRICS_TOKEN,
-            &admin,
+            Some(METRICS_TOKEN),
+            Some(&admin),
             200,
         ),
-        ("GET", "/metrics".into(), None, &taxi, METRICS_TOKEN, 200),
+        (
+            "GET",
+            "/metrics",
+            "/metrics".into(),
+            None,
+            Some(&taxi),
+            Some(METRICS_TOKEN),
+            200,
+        ),
     ];
-    for (method, path, body, wrong, right, want) in &cases {
+    // By construction: the table is the router's own list of routes, no more and no less, so
+    // a new endpoint fails here until it is given its expected status per role.
+    let served: HashSet<(&str, &str)> = yijian_gateway::api::routes().collect();
+    let tabled: HashSet<(&str, &str)> = cases.iter().map(|c| (c.0, c.1)).collect();
+    let untested: Vec<_> = served.difference(&tabled).collect();
+    assert!(
+        untested.is_empty(),
+        "routes the role table leaves out: {untested:?}"
+    );
+    let unserved: Vec<_> = tabled.difference(&served).collect();
+    assert!(
+        unserved.is_empty(),
+        "the role table names routes the router does not serve: {unserved:?}"
+    );
+    let mut refusals = 0.0;
+    for (method, _, path, body, wrong, right, want) in &cases {
+        let Some(wrong) = wrong else {
+            // Open: no token needed.
+            let (s, v) = gw.call(method, path, None, body.clone()).await?;
+            assert_eq!(s, *want, "{method} {path} without a token: {v}");
+            continue;
+        };
+        refusals += 1.0;
         let (s, v) = gw.call(method, path, None, body.clone()).await?;
         assert_eq!(s, 401, "{method} {path} without a token: {v}");
         let (s, _) = gw
@@ -580,13 +694,19 @@ async fn every_api_endpoint_checks_the_token_and_its_role() -> Result<()> {
         assert_eq!(s, 401, "{method} {path} with an unknown token");
         let (s, v) = gw.call(method, path, Some(wrong), body.clone()).await?;
         assert_eq!(s, 403, "{method} {path} with the wrong role: {v}");
-        let (s, v) = gw.call(method, path, Some(right), body.clone()).await?;
+        let (s, v) = gw.call(method, path, *right, body.clone()).await?;
         assert_eq!(s, *want, "{method} {path} with the right role: {v}");
     }
-    // Health is open.
-    for path in ["/healthz", "/readyz"] {
-        assert_eq!(gw.call("GET", path, None, None).await?.0, 200, "{path}");
-    }
+    let (_, r) = gw.get(&format!("/api/v1/requests/{cancel_rid}")).await?;
+    assert_eq!(r["state"], "cancelled", "the operator's cancel was applied");
+    // Each refusal counted once, by kind (no other test of this binary calls the API with a
+    // wrong or missing token).
+    let after = auth_counts(&metrics_text(&gw).await?);
+    assert_eq!(
+        [0, 1, 2].map(|i| after[i] - before[i]),
+        [refusals; 3],
+        "yijian_api_auth_total{{result=missing|invalid|forbidden}} moved by"
+    );
     // A backend may only report on requests dispatched to it.
     let (s, v) = gw
         .call(
@@ -606,11 +726,6 @@ async fn every_api_endpoint_checks_the_token_and_its_role() -> Result<()> {
         )
         .await?;
     assert_eq!(s, 403, "a desk request is no backend's");
-    let (_, r) = gw.get(&format!("/api/v1/requests/{taxi_rid}")).await?;
-    assert_eq!(
-        r["state"], "en_route",
-        "only the owner's callback was applied"
-    );
     // Admin config leaves token digests out.
     let (_, cfg) = gw.call("GET", "/api/v1/config", Some(&admin), None).await?;
     assert!(
@@ -632,19 +747,6 @@ async fn every_api_endpoint_checks_the_token_and_its_role() -> Result<()> {
     assert_eq!(s, 413);
     let (_, r) = gw.get(&format!("/api/v1/requests/{taxi_rid}")).await?;
     assert_eq!(r["state"], "en_route");
-    // The refusals are counted.
-    let text = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await?
-        .text()
-        .await?;
-    assert!(
-        metric(&text, "yijian_api_auth_total{result=\"forbidden\"}") >= 11.0,
-        "{text}"
-    );
     gw.stop().await;
     Ok(())
 }
@@ -659,7 +761,6 @@ async fn twenty_presses_in_two_seconds_are_one_request_pressed_again_nineteen_ti
     })
     .await?;
     let mut dev = gw.device("stuck-1", "one-button").await?;
-    let started = tokio::time::Instant::now();
     let first = dev.press("main", yijian_wire::Gesture::Double).await?;
     let rid = dev
         .wait_for(&first, FeedbackState::Dispatched, WAIT)
@@ -675,10 +776,8 @@ async fn twenty_presses_in_two_seconds_are_one_request_pressed_again_nineteen_ti
         tick.tick().await;
         again.push(dev.press("main", yijian_wire::Gesture::Double).await?);
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "the presses came within about two seconds"
-    );
+    // The pace is the test's own (a 100 ms tick); what matters to the gateway is that they
+    // all fall inside the 30-minute attach window, which a slow machine cannot stretch them past.
     // Every press is answered with the open request's state.
     let mut answered: HashMap<String, Option<String>> = HashMap::new();
     while again.iter().any(|p| !answered.contains_key(p)) {

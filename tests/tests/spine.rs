@@ -4,7 +4,7 @@
 mod common;
 
 use anyhow::Result;
-use common::Metrics;
+use common::{Metrics, SERIAL};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use yijian_device_sim::{DeviceConfig, SimDevice};
@@ -357,10 +357,19 @@ async fn a_malformed_press_is_rejected_with_its_reason_and_the_gateway_carries_o
 async fn unregistered_clients_and_wrong_secrets_are_refused_at_connect() -> Result<()> {
     let gw = TestGateway::start(|_| {}).await?;
     let secret = gw.add_device("known-1", "one-button")?;
-    let unknown = SimDevice::connect(DeviceConfig::new("stranger", &secret, gw.mqtt)).await;
-    assert!(unknown.is_err(), "unknown device must be refused");
-    let wrong = SimDevice::connect(DeviceConfig::new("known-1", "0".repeat(32), gw.mqtt)).await;
-    assert!(wrong.is_err(), "wrong secret must be refused");
+    // Refused as a refusal: a CONNACK refusal code or the broker closing first, never a
+    // connection that merely timed out.
+    assert_refused(
+        "an unknown device",
+        mqtt_options(gw.mqtt, "stranger", Some(("stranger", &secret)), None),
+    )
+    .await?;
+    let zeros = "0".repeat(32);
+    assert_refused(
+        "a wrong secret",
+        mqtt_options(gw.mqtt, "known-1", Some(("known-1", &zeros)), None),
+    )
+    .await?;
     let ok = SimDevice::connect(DeviceConfig::new("known-1", &secret, gw.mqtt)).await;
     assert!(ok.is_ok(), "the right secret connects: {:?}", ok.err());
     gw.stop().await;
@@ -382,33 +391,20 @@ async fn the_outbox_is_replayed_after_a_restart() -> Result<()> {
     let rid = heard[0].feedback.request.clone().unwrap();
     // Wait until a failed attempt is journaled (not merely seen by the backend: the gateway
     // records it only once the answer is in), then stop the gateway.
-    loop {
-        let (_, v) = gw.get(&format!("/api/v1/requests/{rid}")).await?;
-        if v["history"]
-            .as_array()
-            .is_some_and(|h| h.iter().any(|e| e["kind"] == "attempt"))
-        {
-            break;
-        }
-        dev.next_feedback(std::time::Duration::from_millis(50))
-            .await
-            .ok();
-    }
+    gw.wait_request(&rid, "a failed attempt in its history", |v| {
+        history_kinds(v).iter().any(|k| k == "attempt")
+    })
+    .await?;
     gw.stop().await;
     assert!(mock.received().is_empty());
 
     // The backend recovers; a new gateway on the same journal dispatches what was owed.
     mock.set("hospital", Behaviour::Accept);
     let gw = TestGateway::start_with(config).await?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let v = loop {
-        let (_, v) = gw.get(&format!("/api/v1/requests/{rid}")).await?;
-        if v["state"] == "dispatched" || tokio::time::Instant::now() > deadline {
-            break v;
-        }
-        tokio::task::yield_now().await;
-    };
-    assert_eq!(v["state"], "dispatched", "{v}");
+    gw.wait_request(&rid, "dispatched after the restart", |v| {
+        v["state"] == "dispatched"
+    })
+    .await?;
     let got = mock.received_by("hospital");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].key, rid);
@@ -429,6 +425,8 @@ async fn the_outbox_is_replayed_after_a_restart() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_was_away_hears_where_its_request_stands_when_it_subscribes() -> Result<()> {
+    // The resumed-feedback counter is process-wide: no other test moves it meanwhile.
+    let _serial = SERIAL.lock().await;
     let mock = yijian_device_sim::MockBackends::start_local(MockOptions::default()).await?;
     let gw = gateway_with_backends(&mock).await?;
     let secret = gw.add_device("away-1", "one-button")?;
@@ -452,6 +450,7 @@ async fn a_device_that_was_away_hears_where_its_request_stands_when_it_subscribe
 
     // It comes back with a clean session: the broker has nothing for it. Subscribing is enough
     // for the gateway to tell it, from the journal.
+    let before = Metrics::scrape(&gw).await?;
     let mut o = rumqttc::MqttOptions::new("away-1", gw.mqtt.ip().to_string(), gw.mqtt.port());
     o.set_credentials("away-1", &secret);
     o.set_clean_session(true);
@@ -475,10 +474,15 @@ async fn a_device_that_was_away_hears_where_its_request_stands_when_it_subscribe
     assert_eq!(fb.request.as_ref(), Some(&rid));
     assert_eq!(fb.state, FeedbackState::EnRoute);
     assert_eq!(fb.eta_s, Some(300));
-    let resumed = Metrics::scrape(&gw)
-        .await?
-        .value("yijian_feedback_resumed_total", &[("state", "en_route")]);
-    assert!(resumed >= 1.0, "resumed feedback counted: {resumed}");
+    let resumed = before.delta(
+        &Metrics::scrape(&gw).await?,
+        "yijian_feedback_resumed_total",
+        &[("state", "en_route")],
+    );
+    assert_eq!(
+        resumed, 1.0,
+        "the en_route told again from the journal, once"
+    );
     gw.stop().await;
     Ok(())
 }
@@ -488,6 +492,7 @@ async fn a_device_that_was_away_hears_where_its_request_stands_when_it_subscribe
 /// it was away, what fell out is lost to it, and the gateway tells it again from the journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_whose_session_dropped_feedback_hears_it_from_the_journal() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let mock = yijian_device_sim::MockBackends::start_local(MockOptions::default()).await?;
     let gw = TestGateway::start(|c| {
         backend(c, &mock, "rescue");
@@ -531,6 +536,7 @@ async fn a_device_whose_session_dropped_feedback_hears_it_from_the_journal() -> 
 
     // Back with the same persistent session: it hears where every request stands, the first
     // one's en_route included, which the broker no longer held for it.
+    let before = Metrics::scrape(&gw).await?;
     let mut dev = SimDevice::connect(cfg).await?;
     let mut owed: HashMap<&str, FeedbackState> = requests
         .iter()
@@ -559,10 +565,17 @@ async fn a_device_whose_session_dropped_feedback_hears_it_from_the_journal() -> 
             owed.remove(press);
         }
     }
-    let resumed = Metrics::scrape(&gw)
-        .await?
-        .value("yijian_feedback_resumed_total", &[("state", "en_route")]);
-    assert!(resumed >= 1.0, "resumed feedback counted: {resumed}");
+    // The en_route came from the journal (the only request still en_route is the first, and
+    // this gateway told it again once), not from what the broker's session still held.
+    let resumed = before.delta(
+        &Metrics::scrape(&gw).await?,
+        "yijian_feedback_resumed_total",
+        &[("state", "en_route")],
+    );
+    assert_eq!(
+        resumed, 1.0,
+        "the first request's en_route, told again from the journal"
+    );
     gw.stop().await;
     Ok(())
 }

@@ -80,6 +80,12 @@ async fn a_journal_that_cannot_commit_answers_nothing_until_it_can() -> Result<(
         "a press that is not journaled reached a backend: {:?}",
         mock.hits()
     );
+    // Nothing half-written: no trace of the press in any table of the journal.
+    ensure!(
+        journal_rows(&gw, "sf-1")? == [0, 0, 0, 0],
+        "a failed commit left rows behind (presses, requests, events, outbox): {:?}",
+        journal_rows(&gw, "sf-1")?
+    );
     let (status, ready) = gw.call("GET", "/readyz", None, None).await?;
     ensure!(
         status == 503 && ready["store"] == false && ready["broker"] == true,
@@ -139,6 +145,161 @@ async fn a_journal_that_cannot_commit_answers_nothing_until_it_can() -> Result<(
         status == 200,
         "/readyz after the recovery: {status} {ready}"
     );
+    // Once, whole: one press row, one request with its history, and its outbox row gone.
+    gw.gw.store.flush().await;
+    let [presses, requests, events, outbox] = journal_rows(&gw, "sf-1")?;
+    ensure!(
+        presses == 1 && requests == 1 && events >= 3 && outbox == 0,
+        "after the recovery: {presses} presses, {requests} requests, {events} events, {outbox} in the outbox"
+    );
+    gw.stop().await;
+    Ok(())
+}
+
+/// Rows the journal holds for `device`: [presses, requests, request events, outbox], read on a
+/// connection of the test's own (a committed transaction is all another reader can see).
+fn journal_rows(gw: &TestGateway, device: &str) -> Result<[i64; 4]> {
+    let conn = rusqlite::Connection::open_with_flags(
+        gw.config.db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut out = [0; 4];
+    for (i, sql) in [
+        "SELECT count(*) FROM presses WHERE device_id = ?1",
+        "SELECT count(*) FROM requests WHERE device_id = ?1",
+        "SELECT count(*) FROM request_events e JOIN requests r USING (request_id) WHERE r.device_id = ?1",
+        "SELECT count(*) FROM outbox o JOIN requests r USING (request_id) WHERE r.device_id = ?1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out[i] = conn.query_row(sql, [device], |r| r.get(0))?;
+    }
+    Ok(out)
+}
+
+/// DESIGN §2, guarantee 1: `received` is sent only after the press is durably journaled. The
+/// press's commit is held open (`Store::hold_commits`): its statements have run in the writer's
+/// transaction, nothing is committed. For as long as that lasts the device hears nothing and
+/// no reader sees the request; `received` comes only after the commit, which came only after
+/// the hold was lifted (ordering, read from the request's own stages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_is_sent_only_after_the_press_is_committed() -> Result<()> {
+    let gw = TestGateway::start(|_| {}).await?;
+    let mut dev = gw.device("hold-1", "one-button").await?;
+    gw.gw.store.hold_commits(true);
+    let press = dev.press("main", Gesture::Single).await?;
+    eventually("the press held in the writer, before its commit", || {
+        (gw.gw.store.held_presses() >= 1).then_some(())
+    })
+    .await?;
+    if let Ok(h) = dev.next_feedback(Duration::from_millis(500)).await {
+        anyhow::bail!(
+            "the device heard {:?} while its press's commit was held",
+            h.feedback
+        );
+    }
+    ensure!(
+        dev.unanswered() == 1,
+        "the device still owes itself the press"
+    );
+    let (status, list) = gw.get("/api/v1/requests?device=hold-1").await?;
+    ensure!(
+        status == 200 && list["requests"].as_array().is_some_and(Vec::is_empty),
+        "an uncommitted request is visible: {list}"
+    );
+    ensure!(
+        journal_rows(&gw, "hold-1")? == [0, 0, 0, 0],
+        "uncommitted rows visible to a reader"
+    );
+    ensure!(
+        gw.gw.store.held_presses() >= 1,
+        "the commit is still held when the device has heard nothing"
+    );
+
+    let released_at = jiff::Timestamp::now().as_millisecond();
+    gw.gw.store.hold_commits(false);
+    let heard = dev.wait_for(&press, FeedbackState::Received, WAIT).await?;
+    ensure!(heard.len() == 1, "received came first: {heard:?}");
+    let rid = heard[0]
+        .feedback
+        .request
+        .clone()
+        .context("received names its request")?;
+    let v = gw
+        .wait_request(&rid, "the received stage", |v| {
+            v["stages"]["received_sent"]["at"].is_string()
+        })
+        .await?;
+    let stage = |name: &str| epoch_ms(v["stages"][name]["at"].as_str().unwrap_or_default());
+    let (journaled, received) = (stage("journaled")?, stage("received_sent")?);
+    ensure!(
+        released_at <= journaled && journaled <= received,
+        "hold lifted at {released_at}, committed at {journaled}, received sent at {received}"
+    );
+    gw.stop().await;
+    Ok(())
+}
+
+/// The same guarantee for the broker's PUBACK (DESIGN §5: a PUBACK means "in the journal"):
+/// while a press's commit is held, its QoS 1 PUBLISH is not acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 21: the embedded broker acknowledges a press when it is queued, before its commit"]
+async fn a_press_is_not_pubacked_before_its_commit() -> Result<()> {
+    let gw = TestGateway::start(|_| {}).await?;
+    let secret = gw.add_device("hold-2", "one-button")?;
+    let (client, mut events) = raw_device(&gw, "hold-2", &secret, 4096).await?;
+    gw.gw.store.flush().await;
+    gw.gw.store.hold_commits(true);
+    let body = serde_json::json!({"id": "hold-2-p1", "button": "main", "gesture": "single", "at": jiff::Timestamp::now().as_millisecond()});
+    client
+        .publish(
+            yijian_wire::topic::topic("hold-2", yijian_wire::topic::Kind::Press),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&body)?,
+        )
+        .await?;
+    let mut acked = false;
+    let held = tokio::time::timeout(WAIT, async {
+        loop {
+            if gw.gw.store.held_presses() >= 1 {
+                return anyhow::Ok(());
+            }
+            tokio::select! {
+                e = events.poll() => {
+                    if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = e? {
+                        acked = true;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    })
+    .await;
+    held.context("the press never reached the writer")??;
+    // Give a PUBACK every chance to arrive while the commit is held.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = events.poll().await {
+                acked = true;
+                return;
+            }
+        }
+    })
+    .await;
+    ensure!(!acked, "the press was PUBACKed while its commit was held");
+    gw.gw.store.hold_commits(false);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = events.poll().await? {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await
+    .context("no PUBACK after the commit")??;
     gw.stop().await;
     Ok(())
 }

@@ -11,7 +11,7 @@
 mod common;
 
 use anyhow::{ensure, Context, Result};
-use common::{metrics_until, raw_device, Metrics};
+use common::{metrics_until, raw_device, Metrics, SERIAL};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -96,8 +96,10 @@ fn connected_since(fleet: &Fleet, connacks: u64) -> usize {
 async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_a_press(
 ) -> Result<()> {
     let n: usize = env_count("YIJIAN_STORM_DEVICES", 2000)?;
-    // Generous for CI on two busy cores: measured 1.3 s for 2,000 devices, 3.5 s for 10,000.
-    let reconnect_limit = Duration::from_secs(10) + Duration::from_millis(5 * n as u64);
+    // Not a speed bound (the times are printed below; bench/ measures them): how long to wait
+    // before calling a device that never came back lost. Measured 1.3 s for 2,000 devices and
+    // 3.5 s for 10,000 on an idle machine.
+    let reconnect_limit = Duration::from_secs(60) + Duration::from_millis(10 * n as u64);
     let mock = MockBackends::start_local(MockOptions {
         keep_bodies: false,
         ..Default::default()
@@ -310,6 +312,9 @@ async fn a_restart_storm_reconnects_every_device_without_evicting_one_or_losing_
 /// is still connected is counted (and the older connection dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_connection_under_a_connected_client_id_is_counted() -> Result<()> {
+    // The counter is process-wide, and the churn test below takes over client ids too: only
+    // this test's own duplicate may move it.
+    let _serial = SERIAL.lock().await;
     let gw = TestGateway::start(|_| {}).await?;
     let secret = gw.add_device("dup-a", "one-button")?;
     let first = SimDevice::connect(DeviceConfig::new("dup-a", &secret, gw.mqtt)).await?;
@@ -336,6 +341,7 @@ async fn a_second_connection_under_a_connected_client_id_is_counted() -> Result<
 /// default 200 devices × 50 rounds the unpatched broker stopped answering within seconds.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_churn_never_stops_the_broker_answering() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let (devices, rounds) = (
         env_count("YIJIAN_CHURN_DEVICES", 200usize)?,
         env_count("YIJIAN_CHURN_ROUNDS", 50usize)?,

@@ -6,18 +6,29 @@ use crate::lifecycle::{self, LifecycleError};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{get, post, MethodRouter};
+use axum::Json;
 use serde_json::{json, Value};
 
-/// The admin routes, merged into [`super::router`].
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/devices", get(list))
-        .route("/api/v1/devices/:id", get(show))
-        .route("/api/v1/devices/:id/rotate", post(rotate))
-        .route("/api/v1/devices/:id/revoke", post(revoke))
-        .route("/api/v1/config", get(config))
+/// The admin routes, (method, axum path): part of [`super::routes`].
+pub(super) const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/devices"),
+    ("GET", "/api/v1/devices/:id"),
+    ("POST", "/api/v1/devices/:id/rotate"),
+    ("POST", "/api/v1/devices/:id/revoke"),
+    ("GET", "/api/v1/config"),
+];
+
+/// The handler of one route of [`ROUTES`].
+pub(super) fn handler(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
+    Some(match (method, path) {
+        ("GET", "/api/v1/devices") => get(list),
+        ("GET", "/api/v1/devices/:id") => get(show),
+        ("POST", "/api/v1/devices/:id/rotate") => post(rotate),
+        ("POST", "/api/v1/devices/:id/revoke") => post(revoke),
+        ("GET", "/api/v1/config") => get(config),
+        _ => return None,
+    })
 }
 
 impl From<LifecycleError> for ApiError {

@@ -110,6 +110,101 @@ impl Updater {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::{HeaderMap, StatusCode};
+    use std::sync::Mutex;
+
+    /// What a test backend was sent: (Idempotency-Key, X-Yijian-Attempt), in arrival order.
+    type Calls = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// A backend on loopback that answers every update with `status`.
+    async fn backend(status: u16) -> (reqwest::Url, Calls) {
+        let calls: Calls = Arc::default();
+        let seen = calls.clone();
+        let app = axum::Router::new().route(
+            "/b/:rid/updates",
+            axum::routing::post(move |h: HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let header = |n: &str| {
+                        h.get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    seen.lock()
+                        .expect("test lock")
+                        .push((header("idempotency-key"), header("x-yijian-attempt")));
+                    StatusCode::from_u16(status).expect("a status")
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/b", l.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (url.parse().expect("URL"), calls)
+    }
+
+    fn update() -> RequestUpdate {
+        RequestUpdate {
+            request_id: "rq_1".into(),
+            backend: "b".into(),
+            count: 2,
+            press: yijian_wire::Press {
+                id: "p-2".into(),
+                button: "main".into(),
+                gesture: yijian_wire::Gesture::Double,
+                at: 1_764_324_000_000,
+                battery: None,
+            },
+            at: 1_764_324_000_100,
+        }
+    }
+
+    /// Send one update to a backend answering `status`: what the backend was sent, once it
+    /// has `expect` calls and a second more (longer than the updater's next backoff would be)
+    /// has brought no other.
+    async fn sent(status: u16, expect: usize) -> Vec<(String, String)> {
+        let (url, calls) = backend(status).await;
+        let u = Updater::new(
+            reqwest::Client::new(),
+            HashMap::from([("b".to_owned(), (url, None))]),
+        );
+        u.send(update());
+        let n = || calls.lock().expect("test lock").len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while n() < expect {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{status}: {} of {expect} calls",
+                n()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let calls = calls.lock().expect("test lock").clone();
+        calls
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_the_backend_cannot_take_is_retried_twice_then_dropped() {
+        let key = || "rq_1/p-2".to_owned();
+        let (unavailable, refused, accepted) =
+            tokio::join!(sent(503, 3), sent(422, 1), sent(200, 1));
+        assert_eq!(
+            unavailable,
+            [
+                (key(), "1".into()),
+                (key(), "2".into()),
+                (key(), "3".into())
+            ],
+            "three attempts with one key, then dropped"
+        );
+        // A 4xx is an answer: not retried. So is a 2xx.
+        assert_eq!(refused, [(key(), "1".into())]);
+        assert_eq!(accepted, [(key(), "1".into())]);
+    }
 
     #[test]
     fn the_update_url_extends_the_backend_path() {

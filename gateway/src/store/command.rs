@@ -8,6 +8,7 @@ use super::error::StoreError;
 use super::followup::{self, Followup, NotifyContacts};
 use super::model::*;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 /// Where the writer sends its answer to one command.
@@ -126,6 +127,61 @@ pub struct WriterState {
     pub healthy: AtomicBool,
     /// Test hook: make every commit fail, as a full disk would.
     pub fail_commits: AtomicBool,
+    /// Test hook: hold a press's commit open (see [`CommitHold`]).
+    pub hold: CommitHold,
     /// Woken after a commit that queued a follow-up (a cancellation, a notification).
     pub followups: tokio::sync::Notify,
+}
+
+/// Test hook: while on, the writer stops each batch that holds a press after running its
+/// statements and before its commit, the transaction open, until the hook is turned off.
+/// Nothing of that batch is durable meanwhile, so nothing may be acted on: the device hears no
+/// `received` (and, once the broker's PUBACK waits for the journal, gets no PUBACK either).
+/// Batches without a press pass (a device's heartbeat must not take the hold first).
+#[derive(Debug, Default)]
+pub struct CommitHold {
+    /// (on, presses in the batch waiting at the hold now).
+    state: Mutex<(bool, usize)>,
+    released: Condvar,
+}
+
+impl CommitHold {
+    /// Turn the hold on or off; off lets a waiting batch commit.
+    pub fn set(&self, on: bool) {
+        self.state
+            .lock()
+            .expect("commit hold lock is never poisoned")
+            .0 = on;
+        self.released.notify_all();
+    }
+
+    /// How many presses the batch waiting at the hold carries (0: none is waiting).
+    pub fn held(&self) -> usize {
+        self.state
+            .lock()
+            .expect("commit hold lock is never poisoned")
+            .1
+    }
+
+    /// The writer, before committing a batch of `presses` presses: wait while the hold is on.
+    pub fn wait(&self, presses: usize) {
+        if presses == 0 {
+            return;
+        }
+        let mut s = self
+            .state
+            .lock()
+            .expect("commit hold lock is never poisoned");
+        if !s.0 {
+            return;
+        }
+        s.1 = presses;
+        while s.0 {
+            s = self
+                .released
+                .wait(s)
+                .expect("commit hold lock is never poisoned");
+        }
+        s.1 = 0;
+    }
 }

@@ -297,6 +297,18 @@ impl Store {
         self.state.fail_commits.store(on, Ordering::Relaxed);
     }
 
+    /// Test hook: hold every batch that carries a press open just before its commit while
+    /// `on` ([`command::CommitHold`]); turning it off lets the batch commit.
+    pub fn hold_commits(&self, on: bool) {
+        self.state.hold.set(on);
+    }
+
+    /// Test hook: how many presses the batch held by [`Store::hold_commits`] carries (0 while
+    /// none is held).
+    pub fn held_presses(&self) -> usize {
+        self.state.hold.held()
+    }
+
     // --- reads ---
 
     /// The engine, for reads and registry writes done in place (short point lookups on the

@@ -370,3 +370,72 @@ fn unknown_backends_are_skipped_and_never_count_as_refusing() {
         Step::Escalate(reason::DEADLINE)
     );
 }
+
+/// The table's third axis, the deadline: every outcome of an attempt whose answer comes back
+/// when the deadline has come. A backend that took the request keeps it (2xx, 409: never
+/// escalated on top of an acceptance); anything else starts no new attempt — the request goes
+/// to the desk at once, as refused when every backend refused, else for the deadline.
+#[test]
+fn each_outcome_that_comes_back_at_the_deadline() {
+    let rows: Vec<(AttemptResult, &[&str], Option<&str>)> = vec![
+        (accepted(), &["a", "b"], None),
+        (AttemptResult::Conflict, &["a", "b"], None),
+        (
+            AttemptResult::Refused(400),
+            &["a", "b"],
+            Some(reason::DEADLINE),
+        ),
+        (AttemptResult::Refused(400), &["a"], Some(reason::REFUSED)),
+        (failed("http_503"), &["a", "b"], Some(reason::DEADLINE)),
+        (failed("timeout"), &["a"], Some(reason::DEADLINE)),
+        (failed("connect_error"), &["a", "b"], Some(reason::DEADLINE)),
+        (
+            AttemptResult::Failed {
+                label: "http_429",
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            &["a", "b"],
+            Some(reason::DEADLINE),
+        ),
+    ];
+    for (result, backends, want) in rows {
+        let t0 = Instant::now();
+        let (list, g, mut r) = (names(backends), Fake::new(t0), rng());
+        let deadline = t0 + DEADLINE;
+        let mut p = Plan::new(policy(&list, 2), deadline);
+        // Started with a second left; answered as the deadline comes.
+        let started = deadline - Duration::from_secs(1);
+        assert_eq!(
+            p.next(started, &g, &mut r),
+            Step::Attempt {
+                backend: "a",
+                timeout: Duration::from_secs(1)
+            }
+        );
+        let taken = p.record(deadline, result.clone(), &g, &mut r);
+        match want {
+            None => assert_eq!(
+                taken.map(|a| a.backend),
+                Some("a"),
+                "{result:?} at the deadline is accepted"
+            ),
+            Some(why) => {
+                assert!(taken.is_none(), "{result:?}");
+                let mut now = deadline;
+                let mut steps = 0;
+                let step = loop {
+                    steps += 1;
+                    assert!(steps < 4, "{result:?}: still waiting at the deadline");
+                    match p.next(now, &g, &mut r) {
+                        Step::Wait { until } => {
+                            assert!(until <= deadline, "{result:?}: waits past the deadline");
+                            now = until;
+                        }
+                        s => break s,
+                    }
+                };
+                assert_eq!(step, Step::Escalate(why), "{result:?} with {backends:?}");
+            }
+        }
+    }
+}

@@ -62,13 +62,9 @@ pub fn start_writer(
     state: Arc<WriterState>,
     changes: Changes,
 ) -> Result<(), StoreError> {
-    let conn = open_rw(path)?;
-    // Checkpoints run on their own thread (below), so a commit never waits for the WAL to be
-    // copied into the database file; the writer checkpoints itself only as a safety net if the
-    // WAL grows past ~32 MB.
-    conn.pragma_update(None, "wal_autocheckpoint", 8000)?;
+    let conn = writer_connection(path)?;
     let writer = writer::Writer::new(conn, rx, max_batch, state, changes)?;
-    let checkpoints = open_rw(path)?;
+    let checkpoints = checkpoint_connection(path)?;
     let (writer_done, done) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("yijian-journal".into())
@@ -82,6 +78,31 @@ pub fn start_writer(
         .spawn(move || checkpoint_until(checkpoints, done))
         .map_err(|e| StoreError::setup("cannot start the journal checkpointer", e))?;
     Ok(())
+}
+
+/// The writer's connection. Checkpoints run on their own thread ([`checkpoint_until`]), so a
+/// commit never waits for the WAL to be copied into the database file; the writer checkpoints
+/// itself only as a safety net if the WAL grows past ~32 MB.
+fn writer_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = open_rw(path)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 8000)?;
+    Ok(conn)
+}
+
+/// The checkpointer's connection.
+fn checkpoint_connection(path: &Path) -> Result<Connection, StoreError> {
+    open_rw(path)
+}
+
+/// A connection of the read pool: read-only, so it can never write around the writer.
+fn read_connection(path: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    c.set_prepared_statement_cache_capacity(32);
+    Ok(c)
 }
 
 /// Copy committed WAL frames into the database file every 250 ms (a PASSIVE checkpoint: it
@@ -139,16 +160,7 @@ impl Sqlite {
             .pop();
         let conn = match conn {
             Some(c) => c,
-            None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                c.busy_timeout(std::time::Duration::from_secs(5))?;
-                c.set_prepared_statement_cache_capacity(32);
-                c
-            }
+            None => read_connection(&self.path)?,
         };
         let r = f(&conn);
         let mut idle = self.idle.lock().expect("read pool lock is never poisoned");
@@ -264,5 +276,56 @@ impl Engine for Sqlite {
         // SAFETY: sqlite3_memory_used takes no arguments and only reads SQLite's own counter
         // (thread-safe in the bundled build's default serialized mode).
         unsafe { rusqlite::ffi::sqlite3_memory_used() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (journal_mode, synchronous) as SQLite reports them on `conn`.
+    fn durability(conn: &Connection) -> (String, i64) {
+        let mode = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal_mode");
+        let sync = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("synchronous");
+        (mode, sync)
+    }
+
+    /// DESIGN §5: a commit is durable at its fsync. Every connection the engine opens on the
+    /// journal — the writer's, the checkpointer's, the read pool's, and the one the CLI and
+    /// the registry writes use — runs WAL with `synchronous=FULL` (2); `NORMAL` (1) would let
+    /// a power cut take back commits already answered with `received`.
+    #[test]
+    fn every_journal_connection_runs_wal_with_synchronous_full() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("journal.db");
+        let engine = open(&path).expect("open the journal");
+        let full = ("wal".to_owned(), 2);
+        for (who, conn) in [
+            ("writer", writer_connection(&path)),
+            ("checkpointer", checkpoint_connection(&path)),
+            ("CLI and registry writes", open_rw(&path)),
+            ("read pool", read_connection(&path)),
+        ] {
+            let conn = conn.unwrap_or_else(|e| panic!("{who}: {e}"));
+            assert_eq!(durability(&conn), full, "the {who}'s connection");
+        }
+        // The pool hands out what `read_connection` opened, and registry writes go through
+        // `open_rw`: checked on the engine's own calls.
+        engine
+            .read(|c| {
+                assert_eq!(durability(c), full, "a pooled read connection");
+                Ok(())
+            })
+            .expect("read");
+        engine
+            .write(|c| {
+                assert_eq!(durability(c), full, "a registry write's connection");
+                Ok(())
+            })
+            .expect("write");
     }
 }

@@ -140,6 +140,10 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<Command>) {
         let started = Instant::now();
         let n = batch.len();
+        let presses = batch
+            .iter()
+            .filter(|c| matches!(c, Command::Press(..)))
+            .count();
         let mut staged = Vec::with_capacity(n);
         let mut fx = Effects::default();
         let fail = self.state.fail_commits.load(Ordering::Relaxed);
@@ -156,6 +160,7 @@ impl Writer {
                 )?
                 .execute(params![device_id, json, at, *online as i64])?;
             }
+            self.state.hold.wait(presses);
             if fail {
                 return Err(StoreError::unavailable("injected journal failure"));
             }
@@ -374,3 +379,6 @@ fn in_savepoint<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
