@@ -245,7 +245,6 @@ async fn received_is_sent_only_after_the_press_is_committed() -> Result<()> {
 /// The same guarantee for the broker's PUBACK (DESIGN §5: a PUBACK means "in the journal"):
 /// while a press's commit is held, its QoS 1 PUBLISH is not acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 21: the embedded broker acknowledges a press when it is queued, before its commit"]
 async fn a_press_is_not_pubacked_before_its_commit() -> Result<()> {
     let gw = TestGateway::start(|_| {}).await?;
     let secret = gw.add_device("hold-2", "one-button")?;
