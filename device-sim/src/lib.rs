@@ -4,6 +4,7 @@
 pub mod backends;
 pub mod device;
 pub mod load;
+pub mod press;
 
 pub use backends::{Behaviour, MockBackends, MockOptions, Received};
 pub use device::{tls_client_config, DeviceConfig, DeviceError, Heard, SimDevice};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use yijian_device_sim::load::fleet::Credential;
 use yijian_device_sim::load::tracker::Mix;
 use yijian_device_sim::load::RunOptions;
+use yijian_device_sim::press::{is_final, Tally};
 use yijian_device_sim::{DeviceConfig, MockBackends, MockOptions, SimDevice};
 use yijian_wire::{FeedbackState, Gesture};
 
@@ -36,13 +37,17 @@ enum Command {
         /// single | double | triple | long.
         #[arg(long, default_value = "single")]
         gesture: String,
-        /// Broker address.
-        #[arg(long, default_value = "127.0.0.1:1883")]
+        /// Broker address (the gateway's `--mqtt-listen`, which this also reads).
+        #[arg(long, env = "YIJIAN_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
         broker: String,
-        /// Press this many times, one after another, and print medians.
+        /// Press this many times, one after another, and print the medians with their sample
+        /// counts. NOTE: a device's presses of one service join its open request (the gateway's
+        /// `[flood] attach_window_s`, 1800 s by default); run the gateway with 0 to measure
+        /// separate requests.
         #[arg(long, default_value_t = 1)]
         repeat: u32,
-        /// Seconds to wait for a final answer (dispatched, escalated, rejected, cancelled, closed).
+        /// Seconds to wait for a final answer: anything after `received` (dispatched,
+        /// escalated, en_route, arrived, cancelled, closed, rejected).
         #[arg(long, default_value_t = 30)]
         wait: u64,
         #[command(flatten)]
@@ -68,6 +73,10 @@ enum Command {
         /// Probability (0-1) of answering 503 instead of accepting.
         #[arg(long, default_value_t = 0.0)]
         fail_rate: f64,
+        /// Print each request's JSON body as it arrives (what a real backend would get), and
+        /// keep the bodies for GET /received.
+        #[arg(long)]
+        keep_bodies: bool,
     },
 }
 
@@ -352,25 +361,6 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .with_context(|| format!("broker address {addr} resolves to nothing"))
 }
 
-fn final_state(s: FeedbackState) -> bool {
-    matches!(
-        s,
-        FeedbackState::Dispatched
-            | FeedbackState::Escalated
-            | FeedbackState::Rejected
-            | FeedbackState::Cancelled
-            | FeedbackState::Closed
-    )
-}
-
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some(v[v.len() / 2])
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn press(
     device: String,
@@ -389,11 +379,11 @@ async fn press(
     let mut dev = SimDevice::connect(cfg)
         .await
         .with_context(|| format!("device {device} could not connect to {broker} (is it registered, is the secret right?)"))?;
-    let mut to_received = Vec::new();
-    let mut to_final = Vec::new();
+    let mut tally = Tally::default();
     for n in 1..=repeat.max(1) {
         let sent = tokio::time::Instant::now();
         let id = dev.press(&button, gesture).await?;
+        tally.sent();
         println!("press {id} ({button}, {gesture}) sent");
         let deadline = sent + Duration::from_secs(wait);
         loop {
@@ -425,10 +415,10 @@ async fn press(
             }
             println!("{line}");
             if f.state == FeedbackState::Received {
-                to_received.push(ms);
+                tally.received(ms);
             }
-            if final_state(f.state) {
-                to_final.push(ms);
+            if is_final(f.state) {
+                tally.answered(ms, f.request.as_deref());
                 break;
             }
         }
@@ -438,17 +428,18 @@ async fn press(
         }
     }
     if repeat > 1 {
-        println!(
-            "median of {repeat}: press → received {:.1} ms, press → final answer {:.1} ms",
-            median(&mut to_received).unwrap_or(f64::NAN),
-            median(&mut to_final).unwrap_or(f64::NAN)
-        );
+        println!("{}", tally.summary());
     }
     dev.disconnect().await;
     Ok(())
 }
 
-async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()> {
+async fn backends(
+    listen: SocketAddr,
+    latency: u64,
+    fail_rate: f64,
+    keep_bodies: bool,
+) -> Result<()> {
     if !(0.0..=1.0).contains(&fail_rate) {
         bail!("--fail-rate must be between 0 and 1");
     }
@@ -460,7 +451,7 @@ async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()
         MockOptions {
             latency: Duration::from_millis(latency),
             fail_rate,
-            keep_bodies: false,
+            keep_bodies,
         },
     )?;
     println!("mock backends on http://{} — POST /rescue, /taxi, /hospital (any name works); GET /received", m.addr);
@@ -476,6 +467,9 @@ async fn backends(listen: SocketAddr, latency: u64, fail_rate: f64) -> Result<()
                 "{} {} request={} device={} press={} attempt={:?}",
                 x.arrived_ms, x.backend, x.key, x.device_id, x.press_id, x.attempt
             );
+            if keep_bodies {
+                println!("{}", serde_json::to_string_pretty(&x.body)?);
+            }
         }
         shown = r.len();
     }
@@ -505,7 +499,8 @@ async fn main() {
             listen,
             latency,
             fail_rate,
-        } => backends(listen, latency, fail_rate).await,
+            keep_bodies,
+        } => backends(listen, latency, fail_rate, keep_bodies).await,
         Command::Run(a) => match run(*a).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(2),

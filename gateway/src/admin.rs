@@ -3,6 +3,7 @@
 //! They work on the same data directory as a running gateway (SQLite WAL allows it).
 
 pub mod explain;
+pub mod requests;
 pub mod residents;
 
 use crate::clock::{now_ms, rfc3339_ms};
@@ -77,6 +78,30 @@ fn profile_problem(p: &str) -> Option<&'static str> {
     (!ok).then_some("profile must be 1-64 characters of a-z, 0-9, '-' and '_'")
 }
 
+/// Refuses a profile the configured rules do not know (a typo such as `three-buttons`), naming
+/// the ones they do. Rules that name no profile at all decide every profile alike: any goes.
+///
+/// NOTE: only `devices add`, a person typing: a profile no rule names is not an error in
+/// itself (its presses go to the fallback), and bulk provisioning keeps its own contract.
+fn known_profile(cfg: &Config, profile: &str) -> Result<(), AdminError> {
+    let set = match crate::rules_source(cfg) {
+        Some(dir) => match RuleSet::load_dir(&dir) {
+            Ok(loaded) => loaded.set,
+            // The gateway would refuse these rules anyway; `rules check` says why.
+            Err(_) => return Ok(()),
+        },
+        None => RuleSet::default_set(),
+    };
+    let known = set.profiles();
+    if known.is_empty() || known.iter().any(|k| k == profile) {
+        return Ok(());
+    }
+    Err(AdminError::Refused(format!(
+        "profile {profile:?} is not one the rules know ({}); a device of an unknown profile would send every press to the fallback rule",
+        known.join(", ")
+    )))
+}
+
 /// `devices add ID [--profile P] [--resident R] [--json]`: register a device and print its new
 /// secret once.
 pub fn devices_add(
@@ -94,6 +119,7 @@ pub fn devices_add(
     if let Some(p) = profile_problem(profile) {
         return Err(AdminError::Refused(p.into()));
     }
+    known_profile(cfg, profile)?;
     if let Some(r) = resident {
         if r.is_empty() || r.len() > 64 || r.chars().any(char::is_control) {
             return Err(AdminError::Refused(
@@ -257,8 +283,21 @@ pub fn rules_check(dir: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
 }
 
 /// `config check FILE`.
+///
+/// Also reports what `serve` would only find when it starts: a `token_env` variable that is
+/// not set in this environment (check with the environment the gateway will have).
 pub fn config_check(path: &Path, out: &mut dyn Write) -> Result<(), AdminError> {
     let cfg = Config::load(path)?;
+    let missing = cfg.environment_problems(&|v| std::env::var(v).ok());
+    if !missing.is_empty() {
+        return Err(AdminError::Config(ConfigError {
+            source_name: Some(format!(
+                "{} (as `serve` would find it in this environment)",
+                path.display()
+            )),
+            problems: missing,
+        }));
+    }
     writeln!(out, "{}: valid", path.display())?;
     let zone = if cfg.rules.time_zone.is_empty() {
         "none (local time unknown without a resident's own)"

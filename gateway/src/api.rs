@@ -7,7 +7,9 @@ pub mod auth;
 pub mod devices;
 
 use crate::clock::now_ms;
-use crate::store::{self, ListFilter, OperatorAction, RequestState, Store, StoreError, Transition};
+use crate::store::{
+    self, ListFilter, Operation, OperatorAction, RequestState, Store, StoreError, Transition,
+};
 use crate::telemetry;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
@@ -271,18 +273,53 @@ async fn detail(
     view(&s, id).await
 }
 
+/// Body of an operator action (`ack`, `close`, `cancel`): optional; a note goes into the
+/// request's history beside the operator's name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// The note of an action's body (none for an empty body), or why it is refused.
+fn action_note(body: &[u8]) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let b: ActionBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("body must be {{\"note\": \"...\"}} or empty: {e}")))?;
+    match b.note {
+        Some(n) if n.chars().count() > 2000 || n.chars().any(|c| c.is_control() && c != '\n') => {
+            Err(ApiError::bad(
+                "note must be at most 2000 characters without control characters",
+            ))
+        }
+        Some(n) if n.trim().is_empty() => Ok(None),
+        n => Ok(n),
+    }
+}
+
 async fn operator(
     s: ApiState,
     id: String,
+    caller: auth::Caller,
+    body: axum::body::Bytes,
     action: OperatorAction,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let note = action_note(&body)?;
     let name = match action {
         OperatorAction::Ack => "ack",
         OperatorAction::Close => "close",
         OperatorAction::Cancel => "cancel",
     };
     let at = now_ms();
-    match s.store.operator(&id, action, at).await {
+    let op = Operation {
+        action,
+        by: caller.name.to_string(),
+        note,
+    };
+    match s.store.operator(&id, op, at).await {
         Ok(Transition::Applied {
             notice, created_at, ..
         }) => {
@@ -295,7 +332,7 @@ async fn operator(
                 OperatorAction::Close | OperatorAction::Cancel => {}
             }
             let (device_id, press_id) = who(&notice);
-            tracing::info!(request_id = %id, device_id, press_id, action = name, "operator action");
+            tracing::info!(request_id = %id, device_id, press_id, action = name, operator = %caller.name, "operator action");
             view(&s, id).await
         }
         Ok(Transition::NotFound) => {
@@ -328,15 +365,19 @@ async fn operator(
 async fn ack(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<auth::Caller>,
+    body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator(s, id, OperatorAction::Ack).await
+    operator(s, id, caller, body, OperatorAction::Ack).await
 }
 
 async fn close(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<auth::Caller>,
+    body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator(s, id, OperatorAction::Close).await
+    operator(s, id, caller, body, OperatorAction::Close).await
 }
 
 /// An operator cancels a request (e.g. after confirming by phone a resident's cancel press on
@@ -344,8 +385,10 @@ async fn close(
 async fn cancel(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<auth::Caller>,
+    body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator(s, id, OperatorAction::Cancel).await
+    operator(s, id, caller, body, OperatorAction::Cancel).await
 }
 
 /// Body of `POST /api/v1/requests/{id}/events`.

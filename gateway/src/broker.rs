@@ -19,7 +19,7 @@ use crate::feedback::resume;
 use crate::flood::{FloodConfig, TokenBucket};
 use crate::telemetry;
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Error as ProtocolError, Packet, Protocol};
+use rumqttd::protocol::{ConnectReturnCode, Error as ProtocolError, Packet, Protocol};
 use rumqttd::{ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +145,7 @@ impl Accounts {
         match self.directory.load(client_id) {
             Ok(Some(rec)) if devices::verify(password, &rec.secret_sha256) => "accepted",
             Ok(Some(_)) => "bad_credentials",
+            Ok(None) if self.directory.is_revoked(client_id) => "revoked",
             Ok(None) => "unknown_device",
             Err(e) => {
                 tracing::error!(error = %e, "device lookup failed during MQTT authentication");
@@ -315,6 +316,32 @@ impl Protocol for Acl {
     }
 }
 
+/// The CONNACK return code for a result of [`Accounts::check`]: 4 for credentials that do
+/// not match (unknown device, wrong secret), 5 for a device that may not connect this way
+/// (revoked, client id not its username, plaintext when TLS is required), 2 for a client id
+/// that cannot be a device's, 3 while the gateway is not ready.
+pub fn connack_code(result: &str) -> ConnectReturnCode {
+    match result {
+        "accepted" | "evict" => ConnectReturnCode::Success,
+        "bad_credentials" | "unknown_device" => ConnectReturnCode::BadUserNamePassword,
+        "invalid_client_id" => ConnectReturnCode::ClientIdentifierNotValid,
+        "not_ready" | "store_error" => ConnectReturnCode::ServiceUnavailable,
+        _ => ConnectReturnCode::NotAuthorized,
+    }
+}
+
+/// MQTT 3.1.1's number for a return code (§3.2.2.3).
+fn connack_number(code: ConnectReturnCode) -> u8 {
+    match code {
+        ConnectReturnCode::Success => 0,
+        ConnectReturnCode::RefusedProtocolVersion => 1,
+        ConnectReturnCode::ClientIdentifierNotValid => 2,
+        ConnectReturnCode::ServiceUnavailable => 3,
+        ConnectReturnCode::BadUserNamePassword => 4,
+        _ => 5,
+    }
+}
+
 fn segment(size: usize, count: usize) -> SegmentConfig {
     SegmentConfig {
         max_segment_size: size,
@@ -391,10 +418,12 @@ pub fn start(
         connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
             let result = accounts.check(listener, &client_id, &user, &pass);
             telemetry::mqtt_auth(result);
-            if result != "accepted" && result != "evict" {
-                tracing::debug!(client_id, result, "MQTT connection refused");
+            let code = connack_code(result);
+            if code != ConnectReturnCode::Success {
+                telemetry::mqtt_connect_refused(&client_id, result, connack_number(code));
             }
-            std::future::ready(result == "accepted" || result == "evict")
+            // The device hears the code (rumqttd patch 15), so its MQTT library says why.
+            std::future::ready(code)
         });
         connections
     };

@@ -86,6 +86,12 @@ impl Directory {
         Ok(rec.filter(|r| r.revoked_at.is_none()))
     }
 
+    /// Whether `device_id` is registered and revoked (to tell a refused device why; a
+    /// journal failure says no).
+    pub fn is_revoked(&self, device_id: &str) -> bool {
+        matches!(self.store.engine().device(device_id), Ok(Some(r)) if r.revoked_at.is_some())
+    }
+
     /// Forget every cached device (a binding changed in the journal).
     pub fn clear(&self) {
         self.cache

@@ -19,7 +19,13 @@ use yijian_wire::Gesture;
 ///
 /// Without a subcommand it runs the gateway (`serve`).
 #[derive(Parser)]
-#[command(name = "yijian-gateway", version, propagate_version = true)]
+#[command(
+    name = "yijian-gateway",
+    version,
+    propagate_version = true,
+    after_help = "Each global option can also be set in the environment: YIJIAN_CONFIG, YIJIAN_MQTT_LISTEN, \
+                  YIJIAN_HTTP_LISTEN, YIJIAN_DATA_DIR, YIJIAN_RULES_DIR, YIJIAN_LOG_FORMAT."
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -27,32 +33,47 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// The heading the options every subcommand honours are listed under, after a subcommand's own.
+const GLOBAL: &str = "Global options (every subcommand)";
+
+/// `--mqtt-listen` / `--http-listen`: an IP address and port. A host name is refused with the
+/// form to use: the gateway binds exactly the address given, and `localhost` may be IPv6.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("{s:?} is not an IP address and port: use an IP address such as 127.0.0.1:1883 (or 0.0.0.0:1883 for every interface); host names such as localhost are not resolved")
+    })
+}
+
 /// Options every subcommand honours, so `devices add` works on a running gateway's data.
 #[derive(Args)]
 struct Global {
     /// Configuration file (TOML). Without it the built-in default is used
     /// (print it with `config default`).
-    #[arg(short, long, global = true, env = "YIJIAN_CONFIG", value_name = "FILE")]
+    #[arg(short, long, global = true, env = "YIJIAN_CONFIG", value_name = "FILE", help_heading = GLOBAL, hide_env = true)]
     config: Option<PathBuf>,
     /// Override [mqtt] listen, e.g. 127.0.0.1:1883.
-    #[arg(long, global = true, env = "YIJIAN_MQTT_LISTEN", value_name = "ADDR")]
+    #[arg(long, global = true, env = "YIJIAN_MQTT_LISTEN", value_name = "ADDR", value_parser = parse_listen, help_heading = GLOBAL, hide_env = true)]
     mqtt_listen: Option<SocketAddr>,
     /// Override [http] listen, e.g. 127.0.0.1:8080.
-    #[arg(long, global = true, env = "YIJIAN_HTTP_LISTEN", value_name = "ADDR")]
+    #[arg(long, global = true, env = "YIJIAN_HTTP_LISTEN", value_name = "ADDR", value_parser = parse_listen, help_heading = GLOBAL, hide_env = true)]
     http_listen: Option<SocketAddr>,
     /// Override [store] data_dir (the journal lives in DIR/yijian.db).
-    #[arg(long, global = true, env = "YIJIAN_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "YIJIAN_DATA_DIR", value_name = "DIR", help_heading = GLOBAL, hide_env = true)]
     data_dir: Option<PathBuf>,
     /// Override [rules] dir.
-    #[arg(long, global = true, env = "YIJIAN_RULES_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "YIJIAN_RULES_DIR", value_name = "DIR", help_heading = GLOBAL, hide_env = true)]
     rules_dir: Option<PathBuf>,
-    /// Log format.
+    /// Log format: human | json.
     #[arg(
         long,
         global = true,
         value_enum,
         default_value = "human",
-        env = "YIJIAN_LOG_FORMAT"
+        env = "YIJIAN_LOG_FORMAT",
+        help_heading = GLOBAL,
+        hide_env = true,
+        hide_possible_values = true,
+        value_name = "FORMAT"
     )]
     log_format: LogFormat,
 }
@@ -76,6 +97,73 @@ enum Command {
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Work the desk from the shell: list, show, acknowledge, close and cancel requests
+    /// through the running gateway's API (at its [http] listen).
+    #[command(subcommand)]
+    Requests(RequestsCmd),
+}
+
+/// The API token the `requests` subcommands use.
+#[derive(Args)]
+struct TokenArg {
+    /// An operator (or admin) API token.
+    #[arg(long, env = "YIJIAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RequestsCmd {
+    /// List requests, newest first.
+    List {
+        /// Only this state: received, dispatched, escalated, acknowledged, en_route,
+        /// arrived, closed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this service: rescue, taxi, hospital, welfare_check, maintenance.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this device's requests.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only requests whose resident asked to cancel help already on its way.
+        #[arg(long)]
+        cancel_requested: bool,
+        /// At most this many (default 50, at most 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Show one request: its device, resident, press and history.
+    Show {
+        /// The request id (rq_...).
+        id: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// Take an escalated request (you will handle it).
+    Ack(ActionArgs),
+    /// Close an open request (it is done).
+    Close(ActionArgs),
+    /// Cancel an open request (after confirming with the resident); its backend is told.
+    Cancel(ActionArgs),
+}
+
+#[derive(Args)]
+struct ActionArgs {
+    /// The request id (rq_...).
+    id: String,
+    /// A note for the request's history, beside your name.
+    #[arg(long, value_name = "TEXT")]
+    note: Option<String>,
+    #[command(flatten)]
+    token: TokenArg,
 }
 
 #[derive(Subcommand)]
@@ -84,9 +172,10 @@ enum DevicesCmd {
     Add {
         /// Device id: 1-64 of A-Z a-z 0-9 _ -; also its MQTT client id and username.
         id: String,
-        /// Device model profile matched by the rules (e.g. one-button, three-button).
-        #[arg(long)]
-        profile: Option<String>,
+        /// Device model profile: one the rules name (the shipped rules: one-button,
+        /// three-button); anything else is refused with the list.
+        #[arg(long, default_value = yijian_gateway::devices::DEFAULT_PROFILE)]
+        profile: String,
         /// Resident the device belongs to.
         #[arg(long)]
         resident: Option<String>,
@@ -343,7 +432,7 @@ fn main() -> ExitCode {
                 }) => admin::devices_add(
                     &cfg,
                     &id,
-                    profile.as_deref(),
+                    Some(&profile),
                     resident.as_deref(),
                     json,
                     &mut out,
@@ -415,6 +504,7 @@ fn main() -> ExitCode {
                 Command::Devices(DevicesCmd::Revoke { id }) => {
                     lifecycle::cli_revoke(&cfg, &id, &mut out).map_err(|e| e.to_string())
                 }
+                Command::Requests(cmd) => requests(&cfg, cmd, &mut out).map_err(|e| e.to_string()),
                 _ => match serve(cfg) {
                     Err(Refused::InUse(e)) => {
                         // Exit 2: nothing is wrong with this gateway's configuration; another
@@ -435,6 +525,52 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `requests ...`, through the running gateway's API.
+fn requests(
+    cfg: &Config,
+    cmd: RequestsCmd,
+    out: &mut dyn std::io::Write,
+) -> Result<(), admin::AdminError> {
+    use admin::requests::{self as rq, Action, Client, ListArgs};
+    match cmd {
+        RequestsCmd::List {
+            state,
+            service,
+            device,
+            cancel_requested,
+            limit,
+            json,
+            token,
+        } => {
+            let client = Client::new(cfg, token.token.as_deref())?;
+            let args = ListArgs {
+                state,
+                service,
+                device,
+                cancel_requested,
+                limit,
+            };
+            rq::list(&client, &args, json, out)
+        }
+        RequestsCmd::Show { id, json, token } => {
+            rq::show(&Client::new(cfg, token.token.as_deref())?, &id, json, out)
+        }
+        RequestsCmd::Ack(a) => act(cfg, a, Action::Ack, out),
+        RequestsCmd::Close(a) => act(cfg, a, Action::Close, out),
+        RequestsCmd::Cancel(a) => act(cfg, a, Action::Cancel, out),
+    }
+}
+
+fn act(
+    cfg: &Config,
+    a: ActionArgs,
+    action: admin::requests::Action,
+    out: &mut dyn std::io::Write,
+) -> Result<(), admin::AdminError> {
+    let client = admin::requests::Client::new(cfg, a.token.token.as_deref())?;
+    admin::requests::act(&client, &a.id, action, a.note.as_deref(), out)
 }
 
 /// Why `serve` did not run.

@@ -12,6 +12,7 @@
 //! names are in `names`, the events in `events`, the recorder in `recorder`, the subscriber
 //! and spans in `logging`; callers use them all as `telemetry::NAME`.
 
+pub mod limit;
 pub mod sampler;
 
 pub mod security;

@@ -96,23 +96,48 @@ impl Config {
         Config::parse(DEFAULT_CONFIG, None).expect("the embedded default configuration is valid")
     }
 
-    /// Parse and validate TOML text. `source_name` is used in error messages.
+    /// Parse and validate TOML text, reporting every problem at once: unknown keys (with a
+    /// "did you mean" when a known one is close), values of the wrong type or form, and what
+    /// the sections say together. `source_name` is used in error messages.
     pub fn parse(text: &str, source_name: Option<&str>) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
-            source_name: source_name.map(str::to_owned),
-            problems: vec![describe_toml_error(text, &e)],
-        })?;
-        let mut cfg = cfg;
-        cfg.fill_services();
-        let problems = cfg.problems();
-        if problems.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError {
+        let (cfg, mut problems) = deserialize_all(text);
+        let cfg = cfg.map(|mut cfg| {
+            cfg.fill_services();
+            problems.extend(cfg.problems());
+            cfg
+        });
+        match cfg {
+            Some(cfg) if problems.is_empty() => Ok(cfg),
+            _ => Err(ConfigError {
                 source_name: source_name.map(str::to_owned),
                 problems,
-            })
+            }),
         }
+    }
+
+    /// What `serve` would find wrong only when it starts, from the environment `env` gives
+    /// (`std::env::var` in `config check`): token variables that are not set.
+    pub fn environment_problems(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+        let set = |var: &str| env(var).is_some_and(|v| !v.is_empty());
+        let mut p = Vec::new();
+        for (name, b) in &self.backends {
+            if let Some(var) = b.token_env.as_deref().filter(|v| !v.is_empty() && !set(v)) {
+                p.push(format!(
+                    "[backends.{name}]: environment variable {var} (token_env) is not set"
+                ));
+            }
+        }
+        for t in &self.api.tokens {
+            if let (None, Some(var)) = (&t.sha256, t.token_env.as_deref()) {
+                if !set(var) {
+                    p.push(format!(
+                        "[[api.tokens]] {:?}: environment variable {var} (token_env) is not set",
+                        t.name
+                    ));
+                }
+            }
+        }
+        p
     }
 
     /// Load from a file.
@@ -178,11 +203,18 @@ impl Config {
                     "[backends.{name}]: url must start with http:// or https:// (got {:?})",
                     b.url
                 ));
-            } else if reqwest::Url::parse(&b.url).is_err() {
-                p.push(format!(
-                    "[backends.{name}]: url {:?} is not a valid URL",
-                    b.url
-                ));
+            } else {
+                match reqwest::Url::parse(&b.url) {
+                    Err(e) => p.push(format!(
+                        "[backends.{name}]: url {:?} is not a valid URL: {e}",
+                        b.url
+                    )),
+                    Ok(u) if u.port() == Some(0) => p.push(format!(
+                        "[backends.{name}]: url {:?} has port 0, which nothing can be reached on",
+                        b.url
+                    )),
+                    Ok(_) => {}
+                }
             }
             if let Some(var) = &b.token_env {
                 if var.is_empty() {
@@ -276,9 +308,76 @@ impl Config {
     }
 }
 
-/// A TOML error with line and column.
+/// Deserialize `text`, collecting every key or value serde refuses: each one refused is
+/// commented out and the rest read again, so one unknown key does not hide the problems after
+/// it. Returns the configuration when what is left deserializes, and every problem, placed.
+///
+/// NOTE: commenting out keeps every line where it was, so each problem's line:column is that
+/// of the original text. A syntax error is reported alone: nothing after it can be trusted.
+fn deserialize_all(text: &str) -> (Option<Config>, Vec<String>) {
+    if let Err(e) = text.parse::<toml::Table>() {
+        return (None, vec![describe_toml_error(text, &e)]);
+    }
+    let mut problems = Vec::new();
+    let mut current = text.to_owned();
+    // Each round removes at least one line, so this ends; the bound is a guard only.
+    for _ in 0..=text.lines().count() {
+        let e = match toml::from_str::<Config>(&current) {
+            Ok(cfg) => return (Some(cfg), problems),
+            Err(e) => e,
+        };
+        // `current` has the same lines as `text`, and the problem's own line is not commented.
+        problems.push(describe_toml_error(&current, &e));
+        let cascade = e.message().starts_with("missing field");
+        let next = e.span().and_then(|span| comment_out(&current, span.start));
+        match next {
+            Some(next) if !cascade && next.parse::<toml::Table>().is_ok() => current = next,
+            _ => return (None, problems),
+        }
+    }
+    (None, problems)
+}
+
+/// `text` with the line holding byte `at` commented out, or, when that line is a table header,
+/// the whole table. `None` when nothing would change.
+fn comment_out(text: &str, at: usize) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut offset = 0;
+    let mut in_table = false;
+    let mut changed = false;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim_start();
+        let header = trimmed.starts_with('[');
+        if header {
+            in_table = false;
+        }
+        let hit = (start..offset).contains(&at) && !trimmed.starts_with('#');
+        if hit && header {
+            in_table = true;
+        }
+        if (hit || in_table) && !trimmed.starts_with('#') {
+            out.push('#');
+            changed = true;
+        }
+        out.push_str(line);
+    }
+    changed.then_some(out)
+}
+
+/// A TOML error with line and column, and a hint where one helps: the known key closest to an
+/// unknown one, the form of a listen address.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim_end().to_owned();
+    let mut msg = e.message().trim_end().to_owned();
+    if let Some(hint) = did_you_mean(&msg) {
+        msg.push_str(&format!("; did you mean `{hint}`?"));
+    }
+    if msg.contains("invalid socket address syntax") {
+        msg.push_str(
+            ": use an IP address and port such as 127.0.0.1:1883 (host names such as localhost are not resolved)",
+        );
+    }
     match e.span() {
         Some(span) => {
             let (line, col) = line_col(text, span.start);
@@ -286,6 +385,38 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         }
         None => msg,
     }
+}
+
+/// For serde's "unknown field `lisen`, expected one of `listen`, `tls`": the expected name
+/// closest to the unknown one, when it is close enough to be a slip.
+fn did_you_mean(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let expected = expected.split_once("expected")?.1;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|(d, k)| *d <= (k.len().max(unknown.len()) / 3).max(1))
+        .min()
+        .map(|(_, k)| k.to_owned())
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// 1-based line and column of byte offset `at`.
@@ -349,6 +480,55 @@ url = "ftp://x"
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(e.problems.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_reported_together_with_hints() {
+        let text = "[mqtt]\nlisen = \"127.0.0.1:1\"\nlisten = \"localhost:1883\"\n\n[store]\nmax_bach = 3\n\n[dispatch]\nattempts_per_backend = \"three\"\n\n[services.resuce]\nbackends = [\"desk\"]\n";
+        let e = Config::parse(text, Some("c.toml")).unwrap_err();
+        let all = e.to_string();
+        for needle in [
+            "2:1: unknown field `lisen`",
+            "did you mean `listen`?",
+            "3:10: invalid socket address syntax: use an IP address and port such as 127.0.0.1:1883",
+            "6:1: unknown field `max_bach`",
+            "did you mean `max_batch`?",
+            "9:24: invalid type: string \"three\", expected u32",
+            "[services.resuce]: unknown service",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(e.problems.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn an_unknown_table_is_skipped_whole() {
+        let e = Config::parse(
+            "[mqtt]\nlisten = \"127.0.0.1:1\"\n[frobnicate]\na = 1\nb = 2\n[store]\nmax_batch = 0\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{:?}", e.problems);
+        assert!(
+            e.problems[0].starts_with("3:2: unknown field `frobnicate`"),
+            "{:?}",
+            e.problems
+        );
+        assert_eq!(e.problems[1], "[store]: max_batch must be greater than 0");
+    }
+
+    #[test]
+    fn token_variables_that_are_not_set_are_reported() {
+        let c = Config::parse(
+            "[backends.r]\nurl = \"http://127.0.0.1:9/r\"\ntoken_env = \"R_TOKEN\"\n[backends.s]\nurl = \"http://127.0.0.1:9/s\"\ntoken_env = \"S_TOKEN\"\n",
+            None,
+        )
+        .expect("valid");
+        let env = |v: &str| (v == "S_TOKEN").then(|| "x".to_owned());
+        assert_eq!(
+            c.environment_problems(&env),
+            ["[backends.r]: environment variable R_TOKEN (token_env) is not set"]
+        );
     }
 
     #[test]

@@ -169,7 +169,9 @@ pub fn start(
             );
             while tasks.try_join_next().is_some() {}
         }
-        // Dispatches in flight finish (or, on abort, stop and leave their outbox rows).
+        // Dispatches in flight finish (or, on abort, stop and leave their outbox rows). Those
+        // that finished since the last spawn are still in the set until joined: not in flight.
+        while tasks.try_join_next().is_some() {}
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "letting dispatches in flight finish");

@@ -94,7 +94,7 @@ pub(super) async fn take(
             message,
         } => {
             async {
-                telemetry::press_rejected(reason, Some(device_id), &message);
+                telemetry::press_rejected(reason, Some(device_id), press_id.as_deref(), &message);
                 ctx.feedback
                     .send(device_id, &Feedback::rejected(press_id, message, now_ms()))
                     .await;
@@ -110,7 +110,7 @@ pub(super) async fn take(
             ..
         } => {
             // The ACL makes this unreachable for devices; count it anyway.
-            telemetry::press_rejected(reason, None, &message);
+            telemetry::press_rejected(reason, None, None, &message);
             None
         }
         // Statuses have a connection of their own: no press filter carries one.
@@ -129,7 +129,12 @@ async fn take_valid(
 ) -> Option<Pending> {
     let Some(device) = ctx.directory.info(device_id) else {
         let msg = format!("device {device_id} is not registered");
-        telemetry::press_rejected(RejectReason::UnknownDevice, Some(device_id), &msg);
+        telemetry::press_rejected(
+            RejectReason::UnknownDevice,
+            Some(device_id),
+            Some(&press.id),
+            &msg,
+        );
         ctx.feedback
             .send(
                 device_id,

@@ -304,7 +304,22 @@ pub fn parse_toml(file: &str, text: &str) -> Result<Vec<Resident>, Vec<String>> 
                     }
                 }
             }
+            let mut table = table;
+            let owner = format!("resident {}", if id.is_empty() { "?" } else { &id });
+            problems.extend(
+                contact_problems(&table, &owner)
+                    .into_iter()
+                    .map(|p| format!("{file}:{line}: {p}")),
+            );
             if !problems.is_empty() {
+                // Every other problem of the record too (what is reported already set aside).
+                table.remove("contacts");
+                table.remove("attributes");
+                let more = match Resident::deserialize(toml::Value::Table(table)) {
+                    Ok(r) => r.problems().into_iter().map(|p| format!("{at}: {p}")).collect(),
+                    Err(e) => vec![format!("{at}: {}", e.message().trim_end())],
+                };
+                problems.extend(more);
                 return (line, None, problems);
             }
             match Resident::deserialize(toml::Value::Table(table)) {
@@ -314,6 +329,50 @@ pub fn parse_toml(file: &str, text: &str) -> Result<Vec<Resident>, Vec<String>> 
         })
         .collect();
     finish(file, rows)
+}
+
+/// What is wrong with a TOML resident's `contacts`, each as `contact N of OWNER: what`: a
+/// contact that is not a table, a missing or non-text name or phone, a key that is not a
+/// contact's. Every one, not the first.
+fn contact_problems(table: &toml::Table, owner: &str) -> Vec<String> {
+    let Some(contacts) = table.get("contacts") else {
+        return Vec::new();
+    };
+    let Some(list) = contacts.as_array() else {
+        return vec![format!(
+            "contacts of {owner} must be a list of tables, not {}",
+            contacts.type_str()
+        )];
+    };
+    let mut out = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let n = format!("contact {} of {owner}", i + 1);
+        let Some(c) = c.as_table() else {
+            out.push(format!("{n}: must be a table {{ name, phone, relation }}"));
+            continue;
+        };
+        for field in ["name", "phone"] {
+            match c.get(field) {
+                None => out.push(format!("{n}: missing {field}")),
+                Some(v) if !v.is_str() => {
+                    out.push(format!("{n}: {field} must be text, not {}", v.type_str()))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(v) = c.get("relation").filter(|v| !v.is_str()) {
+            out.push(format!("{n}: relation must be text, not {}", v.type_str()));
+        }
+        for k in c
+            .keys()
+            .filter(|k| !["name", "phone", "relation"].contains(&k.as_str()))
+        {
+            out.push(format!(
+                "{n}: unknown key {k:?} (expected name, phone, relation)"
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -381,6 +440,22 @@ mod tests {
                 "r.csv:7: resident r-1: the same id is already on line 2".to_string(),
             ],
             "every problem of every row, at the line the row starts on"
+        );
+    }
+
+    #[test]
+    fn toml_contact_problems_name_their_resident_and_every_bad_cell() {
+        let text = "[[resident]]\nid = \"r-9\"\nname = \"\"\nphone = \"abc\"\ncontacts = [{ name = \"Wang Li\" }, { phone = 7 }]\n";
+        let errors = parse_toml("r.toml", text).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "r.toml:1: contact 1 of resident r-9: missing phone".to_string(),
+                "r.toml:1: contact 2 of resident r-9: missing name".to_string(),
+                "r.toml:1: contact 2 of resident r-9: phone must be text, not integer".to_string(),
+                "r.toml:1: resident r-9: name is missing".to_string(),
+                "r.toml:1: resident r-9: phone \"abc\" must be a phone number: digits, spaces, + - ( ), at most 32 characters".to_string(),
+            ]
         );
     }
 

@@ -47,6 +47,18 @@ pub enum OperatorAction {
     Cancel,
 }
 
+/// An operator's action on a request, with who took it and why: both go into the request's
+/// history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// What is done.
+    pub action: OperatorAction,
+    /// The operator's name (their API token's name).
+    pub by: String,
+    /// What the operator wrote about it, if anything (`requests close ID --note TEXT`).
+    pub note: Option<String>,
+}
+
 /// A command for the writer.
 pub enum Command {
     /// Journal a press: a new request, a duplicate, a cancel, or a press joining an open one.
@@ -95,7 +107,7 @@ pub enum Command {
     /// An operator acts on a request.
     Operator {
         request_id: String,
-        action: OperatorAction,
+        action: Operation,
         at: i64,
         reply: Reply<Transition>,
     },

@@ -32,7 +32,7 @@ pub mod views;
 mod sqlite;
 
 pub use changes::{Change, ChangeStream, Changes};
-pub use command::{OperatorAction, Transition};
+pub use command::{Operation, OperatorAction, Transition};
 pub use engine::Engine;
 pub use error::StoreError;
 pub use followup::{Followup, NotifyContacts};
@@ -227,11 +227,11 @@ impl Store {
         self.state.followups.notified().await
     }
 
-    /// An operator acts on a request.
+    /// An operator acts on a request; the history names them (and their note).
     pub async fn operator(
         &self,
         request_id: &str,
-        action: OperatorAction,
+        action: Operation,
         at: i64,
     ) -> Result<Transition, StoreError> {
         let request_id = request_id.to_owned();

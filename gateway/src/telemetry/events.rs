@@ -2,9 +2,11 @@
 //! from [`super::names`]. Grouped by the stage of the path that reports the event, in the
 //! order a press travels.
 
+use super::limit::LogLimiter;
 use super::names::*;
 use metrics::{counter, gauge, histogram};
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 use yijian_wire::{FeedbackState, Gesture, Priority, RejectReason, Service};
 
 // Intake: presses and status messages from devices.
@@ -19,10 +21,37 @@ pub fn press_received(gesture: Gesture, outcome: &'static str) {
 }
 
 /// A press was refused. Logged at debug: a misbehaving device could otherwise flood the log.
-pub fn press_rejected(reason: RejectReason, device: Option<&str>, message: &str) {
+///
+/// Logged at warn (the integrator of a device whose presses are refused looks for it), at most
+/// one line per device per 10 s and 20 lines per 10 s in all, each saying how many were held
+/// back ([`super::limit`]).
+pub fn press_rejected(
+    reason: RejectReason,
+    device: Option<&str>,
+    press_id: Option<&str>,
+    message: &str,
+) {
     counter!(PRESS_REJECTED_TOTAL, "reason" => reason.as_str()).increment(1);
-    tracing::debug!(device, reason = reason.as_str(), message, "press rejected");
+    if let Some(n) = REJECTED_LOG.admit(device.unwrap_or(""), Instant::now()) {
+        tracing::warn!(
+            device_id = device,
+            press_id,
+            reason = reason.as_str(),
+            message,
+            suppressed = n.suppressed,
+            others_suppressed = n.others_suppressed,
+            "press rejected"
+        );
+    }
 }
+
+/// Rejected presses' warnings: per device, and a ceiling over all.
+static REJECTED_LOG: LazyLock<LogLimiter> =
+    LazyLock::new(|| LogLimiter::new(Duration::from_secs(10), 20));
+
+/// Refused MQTT connections' warnings: per client id, and a ceiling over all.
+static REFUSED_CONNECT_LOG: LazyLock<LogLimiter> =
+    LazyLock::new(|| LogLimiter::new(Duration::from_secs(10), 20));
 
 /// Unknown fields were ignored.
 pub fn press_unknown_fields(n: usize) {
@@ -69,6 +98,25 @@ pub fn status_rejected(reason: RejectReason) {
 /// An MQTT connection attempt was authenticated (`accepted`) or refused (the reason).
 pub fn mqtt_auth(result: &'static str) {
     counter!(MQTT_AUTH_TOTAL, "result" => result).increment(1);
+}
+
+/// A CONNECT was refused (the device was answered with CONNACK `code`). Logged at warn with
+/// the client id and the reason, at most one line per client id and reason per 10 s and 20 in
+/// all, each saying how many were held back: a device reconnecting in a loop with a wrong
+/// secret, or a storm of them, shows as a few lines, and every refusal is counted in
+/// `mqtt_auth`.
+pub fn mqtt_connect_refused(client_id: &str, result: &'static str, code: u8) {
+    let key = format!("{client_id}\0{result}");
+    if let Some(n) = REFUSED_CONNECT_LOG.admit(&key, Instant::now()) {
+        tracing::warn!(
+            client_id,
+            reason = result,
+            connack = code,
+            suppressed = n.suppressed,
+            others_suppressed = n.others_suppressed,
+            "MQTT connection refused"
+        );
+    }
 }
 
 /// A device connection was accepted while an older one with its client id was still open; the

@@ -53,8 +53,15 @@ pub type Cursor = (u64, u64);
 pub type ClientId = String;
 pub type AuthUser = String;
 pub type AuthPass = String;
+// YIJIAN PATCH (15): the handler answers with the CONNACK return code a refused client is sent
+// (a `bool` handler still works: `false` is "bad user name or password").
 pub type AuthHandler = Arc<
-    dyn Fn(ClientId, AuthUser, AuthPass) -> Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+    dyn Fn(
+            ClientId,
+            AuthUser,
+            AuthPass,
+        )
+            -> Pin<Box<dyn std::future::Future<Output = protocol::ConnectReturnCode> + Send>>
         + Send
         + Sync,
 >;
@@ -163,15 +170,17 @@ pub struct ConnectionSettings {
 }
 
 impl ConnectionSettings {
+    /// YIJIAN PATCH (15): `O::Output` is `bool` or the `ConnectReturnCode` to refuse with.
     pub fn set_auth_handler<F, O>(&mut self, auth_fn: F)
     where
         F: Fn(ClientId, AuthUser, AuthPass) -> O + Send + Sync + 'static,
-        O: IntoFuture<Output = bool> + 'static,
+        O: IntoFuture + 'static,
+        O::Output: Into<protocol::ConnectReturnCode>,
         O::IntoFuture: Send,
     {
         self.external_auth = Some(Arc::new(move |client_id, username, password| {
             let auth = auth_fn(client_id, username, password).into_future();
-            Box::pin(auth)
+            Box::pin(async move { auth.await.into() })
         }));
     }
 }

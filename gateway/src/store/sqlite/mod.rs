@@ -139,6 +139,23 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
             })?;
         }
     }
+    // SQLite says only "unable to open database file"; the operating system says why
+    // (most often "Permission denied": the data directory belongs to another user).
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+    {
+        return Err(StoreError::setup(
+            format!(
+                "cannot open journal {}: {e} (the data directory must be writable by the user running the gateway)",
+                path.display()
+            ),
+            e,
+        ));
+    }
     let conn = Connection::open(path).map_err(|e| {
         StoreError::setup(format!("cannot open journal {}: {e}", path.display()), e)
     })?;

@@ -7,7 +7,7 @@
 use super::history::{event, Effects};
 use super::{cancel, followup};
 use crate::store::changes::Change;
-use crate::store::command::{OperatorAction, Transition};
+use crate::store::command::{Operation, OperatorAction, Transition};
 use crate::store::error::StoreError;
 use crate::store::followup::NotifyContacts;
 use crate::store::lifecycle::{self, CallbackRefusal, OnAccepted, Stamp, Step};
@@ -262,10 +262,11 @@ pub(super) fn escalated(
 pub(super) fn operator(
     c: &Connection,
     request_id: &str,
-    action: OperatorAction,
+    op: Operation,
     at: i64,
     fx: &mut Effects,
 ) -> Result<Transition, StoreError> {
+    let action = op.action;
     let Some(cur) = current(c, request_id)? else {
         return Ok(Transition::NotFound);
     };
@@ -282,7 +283,7 @@ pub(super) fn operator(
         at,
         step.kind,
         Some(step.to),
-        Some(json!({"by": "operator", "was": cur.state.as_str()})),
+        Some(operator_detail(&op, cur.state)),
     )?;
     if action == OperatorAction::Cancel {
         cancel::tell_backend(
@@ -304,6 +305,15 @@ pub(super) fn operator(
         from: cur.state,
         created_at: cur.created_at,
     })
+}
+
+/// The history's detail of an operator action: who, from which state, and their note.
+fn operator_detail(op: &Operation, was: RequestState) -> serde_json::Value {
+    let mut d = json!({"by": "operator", "operator": op.by, "was": was.as_str()});
+    if let Some(n) = &op.note {
+        d["note"] = json!(n);
+    }
+    d
 }
 
 #[allow(clippy::too_many_arguments)]

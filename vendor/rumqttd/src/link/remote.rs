@@ -195,7 +195,16 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    // YIJIAN PATCH (15): a refused client hears why (CONNACK 4 or 5) before the close, so
+    // its MQTT library can say so; upstream closed the socket without a word.
+    if let Err(code) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+        let ack = ConnAck {
+            session_present: false,
+            code,
+        };
+        network.write(Packet::ConnAck(ack, None)).await?;
+        return Err(Error::InvalidAuth);
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -222,11 +231,12 @@ where
     Ok(packet)
 }
 
+/// YIJIAN PATCH (15): `Err` carries the CONNACK return code the refused client is sent.
 async fn handle_auth(
     config: Arc<ConnectionSettings>,
     login: Option<&Login>,
     client_id: &str,
-) -> Result<(), Error> {
+) -> Result<(), ConnectReturnCode> {
     if config.auth.is_none() && config.external_auth.is_none() {
         return Ok(());
     }
@@ -234,24 +244,23 @@ async fn handle_auth(
     // if authentication is configured and connect packet doesn't have login details
     // return an error
     let Some(login) = login else {
-        return Err(Error::InvalidAuth);
+        return Err(ConnectReturnCode::BadUserNamePassword);
     };
 
     let username = &login.username;
     let password = &login.password;
 
     if let Some(auth) = &config.external_auth {
-        if !auth(
+        return match auth(
             client_id.to_owned(),
             username.to_owned(),
             password.to_owned(),
         )
         .await
         {
-            return Err(Error::InvalidAuth);
-        }
-
-        return Ok(());
+            ConnectReturnCode::Success => Ok(()),
+            refused => Err(refused),
+        };
     }
 
     if let Some(pairs) = &config.auth {
@@ -261,10 +270,10 @@ async fn handle_auth(
             }
         }
 
-        return Err(Error::InvalidAuth);
+        return Err(ConnectReturnCode::BadUserNamePassword);
     }
 
-    Err(Error::InvalidAuth)
+    Err(ConnectReturnCode::BadUserNamePassword)
 }
 
 #[cfg(test)]
@@ -366,6 +375,25 @@ mod tests {
 
         let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
         assert!(r.is_err());
+    }
+
+    // YIJIAN PATCH (15): the handler's return code is what the refused client is told.
+    #[tokio::test]
+    async fn external_auth_refuses_with_its_return_code() {
+        let login = login();
+        let mut cfg = config();
+        cfg.set_auth_handler(|_: String, _: String, _: String| async {
+            crate::protocol::ConnectReturnCode::NotAuthorized
+        });
+        let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
+        assert_eq!(r, Err(crate::protocol::ConnectReturnCode::NotAuthorized));
+        let mut cfg = config();
+        cfg.set_auth_handler(|_: String, _: String, _: String| async { false });
+        let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
+        assert_eq!(
+            r,
+            Err(crate::protocol::ConnectReturnCode::BadUserNamePassword)
+        );
     }
 
     #[tokio::test]

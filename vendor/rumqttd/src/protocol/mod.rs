@@ -136,6 +136,17 @@ pub enum ConnectReturnCode {
     ConnectionRateExceeded,
 }
 
+/// YIJIAN PATCH (15): an authentication handler's yes or no, as the CONNACK says it.
+impl From<bool> for ConnectReturnCode {
+    fn from(accepted: bool) -> Self {
+        if accepted {
+            ConnectReturnCode::Success
+        } else {
+            ConnectReturnCode::BadUserNamePassword
+        }
+    }
+}
+
 /// Acknowledgement to connect packet
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
