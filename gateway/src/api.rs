@@ -307,7 +307,19 @@ async fn operator(
     body: axum::body::Bytes,
     action: OperatorAction,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let note = action_note(&body)?;
+    let note = match action_note(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            // A request that does not exist is a 404 whatever the body says.
+            if s.store.request(&id).await?.is_none() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no request {id}"),
+                ));
+            }
+            return Err(e);
+        }
+    };
     let name = match action {
         OperatorAction::Ack => "ack",
         OperatorAction::Close => "close",

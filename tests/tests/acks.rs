@@ -253,7 +253,11 @@ async fn every_acknowledged_press_survives_a_sigkill() -> Result<()> {
         }
         acked.extend(a.lock().expect("acks lock").acked.iter().cloned());
     }
-    ensure!(acked.len() >= target, "{} presses acknowledged", acked.len());
+    ensure!(
+        acked.len() >= target,
+        "{} presses acknowledged",
+        acked.len()
+    );
 
     gw.start().await?;
     gw.stop(Duration::from_secs(20)).await?;
