@@ -218,17 +218,18 @@ async fn every_acknowledged_press_survives_a_sigkill() -> Result<()> {
             }
         }));
     }
-    let total_acked = |clients: &[(String, (AsyncClient, Arc<Mutex<Acks>>, _))]| -> usize {
-        clients
+    let all_acks: Vec<Arc<Mutex<Acks>>> = clients.iter().map(|(_, (_, a, _))| a.clone()).collect();
+    let total_acked = || -> usize {
+        all_acks
             .iter()
-            .map(|(_, (_, a, _))| a.lock().expect("acks lock").acked.len())
+            .map(|a| a.lock().expect("acks lock").acked.len())
             .sum()
     };
     // Kill once a good number were acknowledged, with the clients pressing faster than the
     // gateway journals: an acknowledgement that ran ahead of the journal would be lost now.
     let target = env_count("YIJIAN_ACK_KILL_AFTER", 3000usize)?;
     let deadline = Instant::now() + WAIT;
-    while total_acked(&clients) < target {
+    while total_acked() < target {
         ensure!(
             Instant::now() < deadline,
             "{target} presses were not acknowledged in time"
