@@ -273,7 +273,19 @@ async fn operator(
     body: axum::body::Bytes,
     action: OperatorAction,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let note = action_note(&body)?;
+    let note = match action_note(&body) {
+        Ok(n) => n,
+        // A request that does not exist is the first thing wrong with the call.
+        Err(e) => {
+            return match s.store.request(&id).await? {
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no request {id}"),
+                )),
+                Some(_) => Err(e),
+            }
+        }
+    };
     let name = match action {
         OperatorAction::Ack => "ack",
         OperatorAction::Close => "close",
