@@ -309,15 +309,15 @@ async fn operator(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let note = match action_note(&body) {
         Ok(n) => n,
+        // A request that does not exist is the first thing wrong with the call.
         Err(e) => {
-            // A request that does not exist is a 404 whatever the body says.
-            if s.store.request(&id).await?.is_none() {
-                return Err(ApiError::new(
+            return match s.store.request(&id).await? {
+                None => Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     format!("no request {id}"),
-                ));
+                )),
+                Some(_) => Err(e),
             }
-            return Err(e);
         }
     };
     let name = match action {

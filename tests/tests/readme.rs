@@ -227,11 +227,7 @@ fn wait_ready(http: &str, child: &mut Child) -> Result<()> {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            bail!("the gateway exited ({status}) before it was ready:\n{err}");
+            bail!("the gateway exited ({status}) before it was ready");
         }
         ensure!(
             Instant::now() < deadline,
@@ -254,6 +250,13 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The last lines of the log file at `path`.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn tool(name: &str) -> Result<()> {
@@ -304,6 +307,9 @@ fn the_readme_walk_through_works_in_the_order_written() -> Result<()> {
     let mut bound: Vec<(String, String)> = Vec::new();
     let mut exports: Vec<String> = Vec::new();
     let mut gateway: Option<Background> = None;
+    // The running gateway's log (each start its own file), shown when a step fails.
+    let mut gateway_log: Option<PathBuf> = None;
+    let mut starts = 0;
     let mut servers: Vec<Background> = Vec::new();
     let bin = format!("{}/", bin_dir.display());
     let steps = steps(&readme);
@@ -385,9 +391,12 @@ fn the_readme_walk_through_works_in_the_order_written() -> Result<()> {
             if is_gateway {
                 // One gateway per data directory: the README stops the first one.
                 drop(gateway.take());
-                let mut child = command.stderr(Stdio::piped()).spawn()?;
+                starts += 1;
+                let log = cwd.join(format!("gateway-{starts}.log"));
+                let mut child = command.stderr(std::fs::File::create(&log)?).spawn()?;
+                gateway_log = Some(log.clone());
                 wait_ready(&http, &mut child)
-                    .with_context(|| format!("README.md:{line}: `{cmd}`"))?;
+                    .with_context(|| format!("README.md:{line}: `{cmd}`:\n{}", tail(&log)))?;
                 gateway = Some(Background(child));
             } else {
                 let mut child = command.stderr(Stdio::null()).spawn()?;
@@ -426,9 +435,10 @@ fn the_readme_walk_through_works_in_the_order_written() -> Result<()> {
         let (stdout, stderr) = reader
             .join()
             .map_err(|_| anyhow!("output reader panicked"))?;
+        let log = gateway_log.as_deref().map(tail).unwrap_or_default();
         ensure!(
             status.success(),
-            "README.md:{line}: `{cmd}` failed ({status}):\n{stdout}{stderr}"
+            "README.md:{line}: `{cmd}` failed ({status}):\n{stdout}{stderr}\nthe gateway's log:\n{log}"
         );
         let printed: Vec<&str> = stdout.lines().chain(stderr.lines()).collect();
         let mut at = 0;
@@ -441,7 +451,7 @@ fn the_readme_walk_through_works_in_the_order_written() -> Result<()> {
             match found {
                 Some(i) => at += i + 1,
                 None => bail!(
-                    "README.md:{line}: `{cmd}` should print\n    {e}\nin this order, but printed:\n{}",
+                    "README.md:{line}: `{cmd}` should print\n    {e}\nin this order, but printed:\n{}\nthe gateway's log:\n{log}",
                     printed.join("\n")
                 ),
             }

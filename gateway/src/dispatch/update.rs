@@ -35,6 +35,9 @@ impl Updater {
         client: reqwest::Client,
         backends: HashMap<String, (reqwest::Url, Option<String>)>,
     ) -> Self {
+        for name in backends.keys() {
+            telemetry::backend_updates_known(name);
+        }
         Updater {
             client,
             backends: Arc::new(backends),

@@ -239,6 +239,15 @@ fn describe() {
     for r in ["ok", "invalid"] {
         counter!(RULES_RELOAD_TOTAL, "result" => r).increment(0);
     }
+    // Every metric in the table is in a scrape from the start (tests/tests/newcomer.rs).
+    for k in ["cancel", "notify"] {
+        for r in ["delivered", "unknown", "refused", "expired", "unconfigured"] {
+            counter!(FOLLOWUPS_TOTAL, "kind" => k, "result" => r).increment(0);
+        }
+    }
+    for o in ["cancelled", "nothing_open", "flagged"] {
+        counter!(CANCELS_TOTAL, "outcome" => o).increment(0);
+    }
     g!(
         BUILD_INFO,
         Unit::Count,

@@ -32,6 +32,9 @@ pub(super) fn describe() {
         "HTTP API authorisation decisions, by result (ok, missing, invalid, forbidden)."
     );
     counter!(DEVICES_FLOOD_DISCONNECTS_TOTAL).absolute(0);
+    for c in ["revoked", "rotated"] {
+        counter!(DEVICES_EVICTIONS_TOTAL, "change" => c).increment(0);
+    }
     for r in ["ok", "missing", "invalid", "forbidden"] {
         counter!(API_AUTH_TOTAL, "result" => r).absolute(0);
     }
@@ -58,6 +61,15 @@ pub fn eviction(revoked: bool, device_id: &str) {
         change,
         "device connection dropped after a credential change"
     );
+}
+
+/// Register `backend`'s pressed-again update series at zero (it is configured), so the
+/// scrape shows them before the first update.
+pub fn backend_updates_known(backend: &str) {
+    for r in ["accepted", "refused", "failed"] {
+        counter!(BACKEND_UPDATES_TOTAL, "backend" => backend.to_owned(), "result" => r)
+            .increment(0);
+    }
 }
 
 /// A pressed-again update ended (`accepted`, `refused`, `failed`, `unknown_backend`).

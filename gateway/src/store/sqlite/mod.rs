@@ -139,25 +139,27 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
             })?;
         }
     }
-    // SQLite says only "unable to open database file"; the operating system says why
-    // (most often "Permission denied": the data directory belongs to another user).
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-    {
-        return Err(StoreError::setup(
-            format!(
-                "cannot open journal {}: {e} (the data directory must be writable by the user running the gateway)",
-                path.display()
-            ),
-            e,
-        ));
-    }
     let conn = Connection::open(path).map_err(|e| {
-        StoreError::setup(format!("cannot open journal {}: {e}", path.display()), e)
+        // SQLite says only "unable to open database file"; the operating system says why
+        // (most often "Permission denied": the data directory belongs to another user).
+        // NOTE: asked only once SQLite has failed: closing a descriptor of the journal drops
+        // every POSIX lock this process holds on it, those of the open connections included.
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+        {
+            Err(io) => StoreError::setup(
+                format!(
+                    "cannot open journal {}: {io} (the data directory must be writable by the user running the gateway)",
+                    path.display()
+                ),
+                io,
+            ),
+            Ok(_) => StoreError::setup(format!("cannot open journal {}: {e}", path.display()), e),
+        }
     })?;
     schema::configure(&conn)?;
     schema::migrate(&conn)?;
