@@ -27,4 +27,4 @@ pub use logging::{
     init_logging, init_logging_with, press_span, request_span, LogFormat, DEFAULT_LOG_FILTER,
 };
 pub use names::*;
-pub use recorder::{escalation_reasons, metrics_handle, rare_events_at_zero};
+pub use recorder::{backend_updates_at_zero, escalation_reasons, metrics_handle};

@@ -110,6 +110,11 @@ fn steps(readme: &str) -> Vec<Step> {
                 continue;
             }
             cmd.push_str(l);
+            // `cargo run --release` is the README's way to start the gateway: the binary this
+            // test command has built, run as the README runs it.
+            if let Some(rest) = cmd.strip_prefix("cargo run --release") {
+                cmd = format!("target/release/yijian-gateway{rest}");
+            }
             if cmd.starts_with("cargo ") {
                 continue;
             }

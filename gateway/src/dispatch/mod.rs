@@ -101,7 +101,7 @@ pub fn start(
 ) -> Result<(DispatchHandle, Vec<tokio::task::JoinHandle<()>>), ConfigError> {
     let backends = backend::configured(&config, &clock)?;
     telemetry::escalation_reasons(reason::ALL);
-    telemetry::rare_events_at_zero(config.backends.keys());
+    telemetry::backend_updates_at_zero(config.backends.keys());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)

@@ -303,18 +303,9 @@ fn describe() {
 }
 
 /// Register every `{service,reason}` series of [`ESCALATIONS_TOTAL`] at zero (see `describe`).
-/// Series that count rare events (evictions, follow-ups, pressed-again updates) exist at zero
-/// from the start, for every label value they can take, so a dashboard or an alert reads "none
-/// yet" instead of "no data".
-pub fn rare_events_at_zero<'a>(backends: impl Iterator<Item = &'a String>) {
-    for change in ["revoked", "rotated"] {
-        counter!(security::DEVICES_EVICTIONS_TOTAL, "change" => change).increment(0);
-    }
-    for kind in ["cancel", "notify"] {
-        for result in ["delivered", "unknown", "refused", "expired", "unconfigured"] {
-            counter!(FOLLOWUPS_TOTAL, "kind" => kind, "result" => result).increment(0);
-        }
-    }
+/// The pressed-again update counter exists at zero for every configured backend from the start
+/// (its label set depends on the configuration; the fixed ones are registered in `describe`).
+pub fn backend_updates_at_zero<'a>(backends: impl Iterator<Item = &'a String>) {
     for b in backends {
         for result in ["accepted", "refused", "failed"] {
             counter!(security::BACKEND_UPDATES_TOTAL, "backend" => b.clone(), "result" => result)
